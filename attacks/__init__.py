@@ -1,0 +1,11 @@
+"""Attack plugins (imported as ``robustkit.attacks``).
+
+Importing this package registers the built-in attacks. Third-party attacks register through the
+``robustkit.attacks`` entry-point group, e.g. in their ``pyproject.toml``::
+
+    [project.entry-points."robustkit.attacks"]
+    my-attack = "my_package.attacks:MyAttack"
+"""
+from .base import ATTACKS, Attack, AttackResult, build_attack, eval_mode, get_attack_class, register_attack
+
+__all__ = ["ATTACKS", "Attack", "AttackResult", "build_attack", "eval_mode", "get_attack_class", "register_attack"]

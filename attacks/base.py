@@ -1,0 +1,260 @@
+"""The attack plugin contract.
+
+An attack is a class registered by name (``@register_attack``) or through the ``robustkit.attacks``
+entry-point group. It is configured with keyword parameters (validated against its ``defaults``, so a typo
+in a sweep config is a one-line error), and called as ``attack(model, x, y, threat)``.
+
+The base class gives every attack the same guarantees, whatever its implementation does inside
+:meth:`Attack.perturb`:
+
+* the model runs in eval mode and fp32 during the attack, and its train/eval state is restored afterwards;
+* the returned inputs are projected into [0, 1] and the threat model's ball, then *checked*
+  (:func:`robustkit.threat.check_budget`); a violation raises instead of counting;
+* success is decided by re-predicting the returned inputs (majority vote for randomized models), never by
+  trusting the attack's own bookkeeping;
+* targeted modes (``targeted: random | least-likely | given``) are resolved once, here, for every attack;
+* gradients go through :meth:`Attack.loss_and_grad`, which averages over ``eot_iter`` forward passes for
+  randomized models (Expectation over Transformation).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from robustkit.errors import ConfigError, did_you_mean
+from robustkit.predict import is_randomized, predict
+from robustkit.registry import Registry
+from robustkit.threat import ThreatModel, check_budget, project
+
+from .losses import get_loss
+
+ATTACKS: Registry[type["Attack"]] = Registry("attack", entry_point_group="robustkit.attacks")
+
+TARGET_MODES = (False, "random", "least-likely", "given")
+DEFAULT_EOT_ITER = 20
+
+# Parameters every attack accepts, with their defaults.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "targeted": False,   # False | "random" | "least-likely" | "given"
+    "eot_iter": None,    # None: 1 for deterministic models, DEFAULT_EOT_ITER for randomized ones
+    "label": None,       # display name in the leaderboard (acc_<label>); defaults to the attack name
+}
+
+
+def register_attack(name: str | None = None, *, aliases: tuple[str, ...] = ()):
+    """Class decorator that registers an :class:`Attack` subclass under ``name`` (default: ``cls.name``)."""
+    return ATTACKS.register(name, aliases=aliases)
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns for a batch.
+
+    ``success`` is per sample and comes from re-predicting ``x_adv``: untargeted, the prediction differs from
+    ``y``; targeted, it equals ``target``. ``norms`` are the float64 perturbation norms of ``x_adv - x``.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    pred: torch.Tensor
+    norms: torch.Tensor
+    target: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model (all submodules) in eval mode and restore every submodule's previous state after."""
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in states:
+            m.training = was_training
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+class Attack:
+    """Base class for attacks. Subclasses set the class attributes and implement :meth:`perturb`."""
+
+    name: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")
+    kind: ClassVar[str] = "white-box"  # white-box | score-based | decision-based | transfer | minimum-norm
+    supports_targeted: ClassVar[bool] = True
+    implementation: ClassVar[str] = "robustkit"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        allowed = {**COMMON_DEFAULTS, **self.defaults}
+        for key in params:
+            if key not in allowed:
+                raise ConfigError(
+                    f"attack {self.name!r}: unknown parameter {key!r}{did_you_mean(key, allowed)}; "
+                    f"known: {', '.join(sorted(allowed))}"
+                )
+        merged = {**allowed, **params}
+        for key, default in allowed.items():
+            merged[key] = self._check_type(key, merged[key], default)
+        if merged["targeted"] is True:
+            merged["targeted"] = "random"
+        if merged["targeted"] not in TARGET_MODES:
+            raise ConfigError(
+                f"attack {self.name!r}: targeted: expected false, random, least-likely or given, got {merged['targeted']!r}"
+            )
+        if merged["targeted"] and not self.supports_targeted:
+            raise ConfigError(f"attack {self.name!r} has no targeted mode")
+        if "loss" in merged:
+            get_loss(merged["loss"])
+        self.params: dict[str, Any] = merged
+
+    def _check_type(self, key: str, value: Any, default: Any) -> Any:
+        """Coerce ints given for float parameters; reject values of the wrong type with a one-line error."""
+        if default is None or value is None:
+            return value
+        if isinstance(default, bool):
+            if key == "targeted":
+                return value
+            if not isinstance(value, bool):
+                raise ConfigError(f"attack {self.name!r}: {key}: expected true or false, got {value!r}")
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"attack {self.name!r}: {key}: expected an integer, got {value!r}")
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"attack {self.name!r}: {key}: expected a number, got {value!r}")
+            return float(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"attack {self.name!r}: {key}: expected a string, got {value!r}")
+        return value
+
+    # ----------------------------------------------------------------------------------------- metadata
+    @property
+    def label(self) -> str:
+        """Name used in leaderboard columns (``acc_<label>``)."""
+        return str(self.params.get("label") or self.name)
+
+    def config(self) -> dict[str, Any]:
+        """Full, JSON-serialisable configuration: what produced a number (hashed into job identities)."""
+        cfg = {k: v for k, v in self.params.items() if k != "label"}
+        return {"name": self.name, "implementation": self.implementation, **cfg}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------------------------------ running
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                 target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> AttackResult:
+        if threat.norm not in self.norms:
+            raise ConfigError(f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm}")
+        device = _model_device(model)
+        x = x.detach().to(device=device, dtype=torch.float32)
+        y = y.detach().to(device=device, dtype=torch.long)
+        eps = threat.eps_tensor(x.shape[0], device)
+        with eval_mode(model):
+            target = self.resolve_target(model, x, y, target, generator)
+            if x.shape[0] == 0:
+                x_adv = x.clone()
+                info: dict[str, Any] = {}
+            else:
+                out = self.perturb(model, x, y, eps, threat.norm, target=target, generator=generator)
+                x_adv, info = out if isinstance(out, tuple) else (out, {})
+                x_adv = project(x, x_adv.detach().to(device=device, dtype=torch.float32), eps, threat.norm)
+            norms = check_budget(x, x_adv, eps, threat.norm, who=f"attack {self.name!r}")
+            pred = predict(model, x_adv) if x.shape[0] else y.clone()
+        success = (pred == target) if target is not None else (pred != y)
+        return AttackResult(x_adv=x_adv, success=success, pred=pred, norms=norms, target=target, info=info)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str, *,
+                target: torch.Tensor | None, generator: torch.Generator | None
+                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return adversarial inputs for the batch (optionally with an info dict).
+
+        ``eps`` is a float32 tensor of shape (n,); ``target`` is None for untargeted attacks. The model is
+        already in eval mode. The base class projects and checks the result, so an implementation may be
+        loose about float rounding but must not rely on out-of-budget inputs.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def resolve_target(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                       generator: torch.Generator | None) -> torch.Tensor | None:
+        mode = self.params.get("targeted", False)
+        if not mode:
+            return None
+        if mode == "given":
+            if target is None:
+                raise ConfigError(f"attack {self.name!r}: targeted: given needs target labels")
+            return target.to(device=y.device, dtype=torch.long)
+        with torch.no_grad():
+            logits = model(x)
+        num_classes = logits.shape[1]
+        if mode == "least-likely":
+            return logits.argmin(dim=1)
+        # random: uniform over the classes other than y
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        offset = torch.randint(1, num_classes, (y.shape[0],), generator=generator, device=gen_device).to(y.device)
+        return (y + offset) % num_classes
+
+    def eot_samples(self, model: nn.Module) -> int:
+        """How many forward passes a gradient averages over (EOT)."""
+        n = self.params.get("eot_iter")
+        if n is None:
+            return DEFAULT_EOT_ITER if is_randomized(model) else 1
+        return max(1, int(n))
+
+    def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
+                      target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample loss (to maximise), its input gradient and the logits, averaged over EOT samples.
+
+        Non-differentiable parts of a model take the BPDA substitute they declare (see
+        :mod:`robustkit.attacks.bpda`) automatically, because that substitute lives in the autograd graph.
+        """
+        loss_fn = get_loss(loss)
+        n = self.eot_samples(model)
+        grad_sum = torch.zeros_like(x)
+        loss_sum = torch.zeros(x.shape[0], device=x.device)
+        logits_sum = None
+        for _ in range(n):
+            xr = x.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xr).float()
+                per_sample = loss_fn(logits, y, target)
+                (grad,) = torch.autograd.grad(per_sample.sum(), xr)
+            grad_sum += grad.detach()
+            loss_sum += per_sample.detach()
+            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+        assert logits_sum is not None
+        return loss_sum / n, grad_sum / n, logits_sum / n
+
+
+def get_attack_class(name: str) -> type[Attack]:
+    return ATTACKS.get(name)
+
+
+def build_attack(spec: "str | dict[str, Any] | Attack") -> Attack:
+    """An attack from a name (``"pgd"``), a config dict (``{name: pgd, steps: 40}``) or an instance."""
+    if isinstance(spec, Attack):
+        return spec
+    if isinstance(spec, str):
+        return get_attack_class(spec)()
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise ConfigError(f"attacks: each entry needs a 'name', got {spec!r}")
+        params = {k: v for k, v in spec.items() if k != "name"}
+        return get_attack_class(str(spec["name"]))(**params)
+    raise ConfigError(f"attacks: expected a name or a mapping with 'name', got {spec!r}")

@@ -1,0 +1,1 @@
+"""Defense plugins (imported as ``robustkit.defenses``)."""

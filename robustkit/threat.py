@@ -1,0 +1,181 @@
+"""Threat models: the norm ball an attack may search, projection onto it, and the budget check.
+
+Inputs live in [0, 1]. A perturbation counts only if ``x_adv`` is in [0, 1] and
+``||x_adv - x||_p <= eps * (1 + 1e-6)`` (norm computed in float64). :func:`project` is written so that
+its output always passes :func:`check_budget`, also after float32 rounding of ``x + delta``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Union
+
+import torch
+
+from .errors import BudgetViolationError, ConfigError
+
+NORMS = ("Linf", "L2", "L1")
+_NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "2": "L2", "l1": "L1", "1": "L1"}
+RTOL = 1e-6
+
+EpsLike = Union[float, torch.Tensor]
+
+
+def canonical_norm(norm: str) -> str:
+    """'linf'/'inf' → 'Linf', 'l2' → 'L2', 'l1' → 'L1'; anything else is a ConfigError."""
+    key = str(norm).strip().lower()
+    if key not in _NORM_ALIASES:
+        raise ConfigError(f"threat_model.norm: expected one of Linf, L2, L1, got {norm!r}")
+    return _NORM_ALIASES[key]
+
+
+def parse_eps(value: object, field: str = "eps") -> float:
+    """Accept 0.03, '0.03', '8/255' (a fraction) and return a float; ConfigError otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field}: expected a number or a fraction like 8/255, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{field}: expected a number or a fraction like 8/255, got {value!r}")
+
+
+def validate_eps(eps: float, norm: str, field: str = "eps") -> float:
+    """eps must be > 0, and <= 1 for Linf (inputs are in [0, 1])."""
+    if not eps > 0:
+        raise ConfigError(f"{field}: expected eps > 0, got {eps}")
+    if norm == "Linf" and eps > 1:
+        raise ConfigError(f"{field}: Linf eps must be <= 1 for inputs in [0, 1], got {eps} (did you mean {eps}/255?)")
+    return eps
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """A norm ball of radius ``eps`` around each input. ``eps`` may be a float or a per-sample tensor."""
+
+    norm: str
+    eps: EpsLike
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", canonical_norm(self.norm))
+
+    def eps_tensor(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """eps as a float32 tensor of shape (n,)."""
+        if isinstance(self.eps, torch.Tensor):
+            e = self.eps.to(device=device, dtype=torch.float32).reshape(-1)
+            if e.numel() == 1:
+                e = e.expand(n)
+            if e.numel() != n:
+                raise ValueError(f"per-sample eps has {e.numel()} entries for a batch of {n}")
+            return e.clone()
+        return torch.full((n,), float(self.eps), device=device, dtype=torch.float32)
+
+    def subset(self, index: torch.Tensor) -> "ThreatModel":
+        """The same threat model for a subset of the batch (per-sample eps follows the index)."""
+        if isinstance(self.eps, torch.Tensor) and self.eps.numel() > 1:
+            return ThreatModel(self.norm, self.eps[index.to(self.eps.device)])
+        return self
+
+    def describe(self) -> str:
+        eps = self.eps if not isinstance(self.eps, torch.Tensor) else "per-sample"
+        return f"{self.norm} eps={eps}"
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def perturbation_norm(x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample ||x_adv - x||_p in float64 (shape (n,))."""
+    d = _flat(x_adv.detach().double() - x.detach().double())
+    norm = canonical_norm(norm)
+    if norm == "Linf":
+        return d.abs().amax(dim=1) if d.shape[1] else torch.zeros(d.shape[0], dtype=torch.float64)
+    if norm == "L2":
+        return d.norm(p=2, dim=1)
+    return d.abs().sum(dim=1)
+
+
+def _bcast(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return e.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _project_l1_ball(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of ``delta`` onto the L1 ball of radius eps (Duchi et al. 2008)."""
+    flat = _flat(delta)
+    abs_ = flat.abs()
+    inside = abs_.sum(dim=1) <= eps
+    mu, _ = abs_.sort(dim=1, descending=True)
+    cums = mu.cumsum(dim=1)
+    ar = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cond = mu - (cums - eps[:, None]) / ar > 0
+    rho = cond.float().cumsum(dim=1).argmax(dim=1)  # last index where cond holds
+    theta = (cums.gather(1, rho[:, None]).squeeze(1) - eps) / (rho + 1).to(flat.dtype)
+    theta = torch.where(inside, torch.zeros_like(theta), theta.clamp_min(0))
+    out = flat.sign() * (abs_ - theta[:, None]).clamp_min(0)
+    return out.reshape(delta.shape)
+
+
+def project(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` onto {z in [0,1]: ||z - x||_p <= eps}, robust to float32 rounding.
+
+    ``eps`` is a float or a per-sample tensor of shape (n,). The result always passes :func:`check_budget`.
+    """
+    norm = canonical_norm(norm)
+    if not isinstance(eps, torch.Tensor):
+        eps = torch.full((x.shape[0],), float(eps), device=x.device, dtype=x.dtype)
+    eps = eps.to(device=x.device, dtype=x.dtype)
+    delta = x_adv - x
+    if norm == "Linf":
+        e = _bcast(eps, delta)
+        delta = torch.maximum(torch.minimum(delta, e), -e)
+    elif norm == "L2":
+        # shrink slightly below eps so that rounding in x + delta cannot push the norm over eps * (1 + 1e-6)
+        target = eps * (1 - 1e-5)
+        n = _flat(delta).norm(p=2, dim=1)
+        factor = torch.where(n > target, target / n.clamp_min(1e-12), torch.ones_like(n))
+        delta = delta * _bcast(factor, delta)
+    else:
+        delta = _project_l1_ball(delta, eps * (1 - 1e-5))
+    out = (x + delta).clamp(0.0, 1.0)
+    if norm == "Linf":
+        # x + delta rounds in float32: step any coordinate that ended one ulp outside back toward x
+        e = _bcast(eps, out).double()
+        for _ in range(3):
+            over = (out.double() - x.double()).abs() > e
+            if not bool(over.any()):
+                break
+            out = torch.where(over, torch.nextafter(out, x), out)
+    return out.detach()
+
+
+def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str,
+                 *, rtol: float = RTOL, who: str = "attack") -> torch.Tensor:
+    """Raise BudgetViolationError unless every x_adv is in [0, 1] and within eps (relative tol rtol).
+
+    Returns the per-sample perturbation norms (float64).
+    """
+    if x_adv.shape != x.shape:
+        raise BudgetViolationError(f"{who} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise BudgetViolationError(f"{who} returned non-finite values")
+    lo, hi = float(x_adv.min()) if x_adv.numel() else 0.0, float(x_adv.max()) if x_adv.numel() else 0.0
+    if lo < 0.0 or hi > 1.0:
+        raise BudgetViolationError(f"{who} left the input range [0, 1] (min {lo:.6g}, max {hi:.6g})")
+    norms = perturbation_norm(x, x_adv, norm)
+    if not isinstance(eps, torch.Tensor):
+        eps_t = torch.full_like(norms, float(eps))
+    else:
+        eps_t = eps.detach().to(device=norms.device, dtype=torch.float64).reshape(-1).expand_as(norms)
+    bad = norms > eps_t * (1 + rtol)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise BudgetViolationError(
+            f"{who} exceeded its {norm} budget on {int(bad.sum())} sample(s): e.g. norm {float(norms[i]):.8g} > eps "
+            f"{float(eps_t[i]):.8g} (relative tolerance {rtol:g})"
+        )
+    return norms
