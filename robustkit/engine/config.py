@@ -1,0 +1,270 @@
+"""Sweep configs (YAML): parsing, validation and resolution into a runnable :class:`Sweep`.
+
+Everything is checked before any computation starts -- keys (with "did you mean"), types, eps values, attack
+names and parameters, dataset and checkpoint files, then the dataset and every model are loaded -- so a
+typo costs a second, not the hours of compute that ran before it was reached. Every error is one
+:class:`robustkit.errors.ConfigError` line that starts with the config file's name. Relative paths (dataset
+root, checkpoints, model cards, output) resolve against the folder of the config file. See docs/engine.md.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from robustkit.errors import ConfigError, RobustkitError, did_you_mean
+from robustkit.threat import canonical_norm
+
+from .devices import resolve_device
+from .sweep import ModelEntry, Sweep, build_suite, check_suite, eps_list
+
+CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output")
+THREAT_KEYS = ("norm", "eps")
+# Model-entry keys the engine itself reads (a later issue adds ``defense`` and ``members`` here); every
+# other key of a model entry must be a model-card key (robustkit.zoo.cards.CARD_KEYS).
+ENGINE_MODEL_KEYS: tuple[str, ...] = ()
+CARD_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class SweepConfig:
+    """A validated config whose paths are absolute; nothing is loaded yet (see :func:`resolve_config`)."""
+
+    source: str                     # the config file's name (or "command line"), the prefix of every error
+    base_dir: Path
+    dataset: Any                    # a name or a mapping for robustkit.data.load_dataset
+    models: list[Any]               # names, card paths or card mappings for robustkit.zoo.load_model
+    norm: str
+    eps: list[float]
+    attacks: list[Any]
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int | None = None
+    output: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {message}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str, source: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{source}: {where}unknown key {key!r}{did_you_mean(str(key), allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
+
+
+def _int(value: Any, key: str, source: str, *, positive: bool = False, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (positive and value < 1):
+        what = "a positive integer" if positive else "an integer"
+        raise ConfigError(f"{source}: {key}: expected {what}, got {value!r} ({_type_name(value)})")
+    return value
+
+
+def _path(value: Any, base_dir: Path) -> Path:
+    p = Path(os.path.expanduser(str(value)))
+    return Path(os.path.abspath(p if p.is_absolute() else base_dir / p))
+
+
+def _looks_like_card_path(text: str) -> bool:
+    return text.lower().endswith(CARD_FILE_SUFFIXES) or "/" in text or os.sep in text
+
+
+def _parse_dataset(value: Any, base_dir: Path, source: str) -> Any:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: dataset: expected a name or a mapping with 'name' (and root, n_examples, "
+                          f"...), got {value!r} ({_type_name(value)})")
+    spec = dict(value)
+    if not isinstance(spec.get("name"), str) or not spec["name"].strip():
+        raise ConfigError(f"{source}: dataset.name: required, expected a dataset name, got {spec.get('name')!r}")
+    if "n_examples" in spec:
+        _int(spec["n_examples"], "dataset.n_examples", source, positive=True)
+    if spec.get("root") is not None:
+        if not isinstance(spec["root"], str) or not spec["root"].strip():
+            raise ConfigError(f"{source}: dataset.root: expected a path, got {spec['root']!r}")
+        root = _path(spec["root"], base_dir)
+        if not root.exists():
+            raise ConfigError(f"{source}: dataset.root: not found: {root}")
+        spec["root"] = str(root)
+    return spec
+
+
+def _parse_model(value: Any, i: int, base_dir: Path, source: str) -> Any:
+    where = f"models[{i}]"
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        if _looks_like_card_path(text):
+            card = _path(text, base_dir)
+            if not card.is_file():
+                raise ConfigError(f"{source}: {where}: model card not found: {card}")
+            return str(card)
+        return text
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {where}: expected a zoo name, a card path or a mapping with name/arch/"
+                          f"checkpoint, got {value!r} ({_type_name(value)})")
+    from robustkit.zoo.cards import CARD_KEYS
+
+    allowed = tuple(CARD_KEYS) + ENGINE_MODEL_KEYS
+    _check_keys(value, allowed, f"{where}: ", source)
+    entry = dict(value)
+    if not isinstance(entry.get("name"), str) or not entry["name"].strip():
+        raise ConfigError(f"{source}: {where}.name: required, expected a string, got {entry.get('name')!r}")
+    if set(entry) == {"name"}:
+        return entry["name"].strip()  # {name: <zoo name>}
+    ckpt = entry.get("checkpoint")
+    ckpt_path = ckpt.get("path") if isinstance(ckpt, Mapping) else ckpt
+    if ckpt_path is not None:
+        if not isinstance(ckpt_path, str) or not ckpt_path.strip():
+            raise ConfigError(f"{source}: {where}.checkpoint: expected a path, got {ckpt_path!r}")
+        resolved = _path(ckpt_path, base_dir)
+        if not resolved.is_file():
+            raise ConfigError(f"{source}: {where}.checkpoint: file not found: {resolved}")
+        entry["checkpoint"] = {**ckpt, "path": str(resolved)} if isinstance(ckpt, Mapping) else str(resolved)
+    return entry
+
+
+def _parse_threat(value: Any, source: str) -> tuple[str, list[float]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: threat_model: expected a mapping with norm and eps, got {value!r}")
+    _check_keys(value, THREAT_KEYS, "threat_model: ", source)
+    if "eps" not in value:
+        raise ConfigError(f"{source}: threat_model.eps: required (a number, a fraction like 8/255, or a list)")
+    try:
+        norm = canonical_norm(value.get("norm", "Linf"))
+        return norm, eps_list(value["eps"], norm)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
+    """Validate a config mapping (as read from YAML) without loading data or models."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of config keys ({', '.join(CONFIG_KEYS)}), "
+                          f"got {_type_name(data)}")
+    _check_keys(data, CONFIG_KEYS, "", source)
+    for key in ("dataset", "models", "threat_model", "attacks"):
+        if key not in data:
+            raise ConfigError(f"{source}: {key}: required")
+    seed = _int(data.get("seed", 0), "seed", source)
+    device = data.get("device", "auto")
+    if not isinstance(device, str):
+        raise ConfigError(f"{source}: device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    batch_size = _int(data.get("batch_size"), "batch_size", source, positive=True, optional=True)
+    models = data["models"]
+    if isinstance(models, (str, Mapping)):
+        models = [models]
+    if not isinstance(models, list) or not models:
+        raise ConfigError(f"{source}: models: expected a non-empty list of models, got {data['models']!r}")
+    output = data.get("output")
+    if output is not None and (not isinstance(output, str) or not output.strip()):
+        raise ConfigError(f"{source}: output: expected a folder path, got {output!r}")
+    attacks = data["attacks"]
+    if isinstance(attacks, (str, Mapping)):
+        attacks = [attacks]
+    if not isinstance(attacks, list) or not attacks:
+        raise ConfigError(f"{source}: attacks: expected a non-empty list of attacks, got {data['attacks']!r}")
+    norm, eps = _parse_threat(data["threat_model"], source)
+    cfg = SweepConfig(
+        source=source, base_dir=base_dir,
+        dataset=_parse_dataset(data["dataset"], base_dir, source),
+        models=[_parse_model(m, i, base_dir, source) for i, m in enumerate(models)],
+        norm=norm, eps=eps, attacks=list(attacks), seed=int(seed or 0), device=device.strip(),
+        batch_size=batch_size, output=_path(output, base_dir) if output else None, raw=dict(data),
+    )
+    # unknown attack names/parameters, duplicate labels and unsupported norms fail here, before any loading
+    try:
+        check_suite(build_attacks(cfg), norm)
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(f"{source}: ") else f"{source}: {exc}") from None
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> SweepConfig:
+    """Read and validate a YAML sweep config."""
+    p = Path(path)
+    source = p.name
+    if not p.is_file():
+        raise ConfigError(f"{source}: config file not found: {os.path.abspath(p)}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc})") from None
+    return parse_config(data, source=source, base_dir=p.resolve().parent)
+
+
+def build_attacks(cfg: SweepConfig) -> list:
+    try:
+        return build_suite(cfg.attacks)
+    except ConfigError as exc:
+        raise cfg.error(str(exc)) from None
+
+
+def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: str | None = None,
+                   batch_size: int | None = None, seed: int | None = None) -> Sweep:
+    """Load the dataset and every model and build the attacks: the last step before computing.
+
+    Keyword arguments are command-line overrides of the config's values.
+    """
+    from robustkit.data import load_dataset
+    from robustkit.zoo import load_model
+
+    if n_examples is not None:
+        _int(n_examples, "--n-examples", cfg.source, positive=True)
+    if batch_size is not None:
+        _int(batch_size, "--batch-size", cfg.source, positive=True)
+    if seed is not None:
+        _int(seed, "--seed", cfg.source)
+    try:
+        resolve_device(device or cfg.device)
+    except ConfigError as exc:
+        raise cfg.error(str(exc)) from None
+    try:
+        dataset = load_dataset(cfg.dataset, n_examples=n_examples, base_dir=cfg.base_dir)
+    except RobustkitError as exc:
+        raise cfg.error(f"dataset: {exc}") from None
+    entries = []
+    for i, spec in enumerate(cfg.models):
+        label = spec if isinstance(spec, str) else spec.get("name")
+        try:
+            model = load_model(spec, base_dir=cfg.base_dir)
+        except RobustkitError as exc:
+            raise cfg.error(f"models[{i}] ({label}): {exc}") from None
+        card = getattr(model, "robustkit_card", None) or {}
+        name = spec.get("name") if isinstance(spec, Mapping) else card.get("name", spec)
+        entries.append(ModelEntry(name=str(name), model=model, source={"spec": spec, "card": card}))
+    try:
+        sweep = Sweep(dataset=dataset, models=entries, attacks=build_attacks(cfg), norm=cfg.norm, eps=cfg.eps,
+                      seed=cfg.seed if seed is None else seed, device=device or cfg.device,
+                      batch_size=batch_size if batch_size is not None else cfg.batch_size)
+    except ConfigError as exc:
+        raise cfg.error(str(exc)) from None
+    sweep.config = {"source": cfg.source, "config": _jsonable(cfg.raw), "dataset_spec": dataset.spec,
+                    "models": [e.source for e in entries], "norm": sweep.norm, "eps": sweep.eps,
+                    "attacks": [{"label": a.label, **a.config()} for a in sweep.attacks], "seed": sweep.seed,
+                    "device": sweep.device, "batch_size": sweep.batch_size, "n_examples": len(dataset)}
+    return sweep
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,68 @@
+"""Where the evaluation runs and how big its batches are.
+
+The batch size only needs to be roughly right: a too-large batch on CUDA runs out of memory, which the
+runner catches (see :func:`is_out_of_memory`), and it then halves the batch and retries, so the automatic
+choice can aim high. It is a deterministic function of the input size and the device type (never of the
+free memory at that moment), because the batch layout decides the random-number streams of a job.
+"""
+from __future__ import annotations
+
+import torch
+
+from robustkit.errors import ConfigError
+
+# Input elements per batch the automatic batch size aims for, and its bounds, per device type.
+_AUTO_ELEMENTS = {"cpu": 2 ** 18, "cuda": 2 ** 22}
+_AUTO_BOUNDS = {"cpu": (16, 512), "cuda": (16, 4096)}
+
+
+def resolve_device(device: str | torch.device | None, field: str = "device") -> torch.device:
+    """'auto' → the first CUDA GPU when there is one, else CPU; 'cpu', 'cuda', 'cuda:N' as given.
+
+    Asking for CUDA on a machine without it is a configuration error (not a silent fallback to CPU: the
+    user asked for a specific device and would otherwise wait far longer than expected).
+    """
+    if isinstance(device, torch.device):
+        text = str(device)
+    else:
+        text = "auto" if device is None else str(device).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{field}: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{field}: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{field}: {text} requested but CUDA is not available (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{field}: {text} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
+
+
+def auto_batch_size(sample_shape: tuple[int, ...], device: torch.device) -> int:
+    """A power of two so that a batch holds about 2^18 (CPU) or 2^22 (CUDA) input elements."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    elements = 1
+    for d in sample_shape:
+        elements *= int(d)
+    target = max(1, _AUTO_ELEMENTS[kind] // max(1, elements))
+    lo, hi = _AUTO_BOUNDS[kind]
+    size = 1 << (target.bit_length() - 1)  # largest power of two <= target
+    return max(lo, min(hi, size))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (the dedicated class, or a RuntimeError saying so)."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_cached_memory() -> None:
+    """Give cached CUDA blocks back before retrying a smaller batch (a no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,267 @@
+"""The results store: one SQLite file per output folder, written one batch per transaction.
+
+Why SQLite: a sweep can run for hours and be interrupted at any moment (Ctrl-C, a killed job, a crash). With
+WAL journaling and one transaction per batch -- the batch row and all its per-sample rows together -- a
+batch is either fully stored or not at all, so a re-run can trust whatever it finds and recompute only the
+missing batches. See docs/engine.md ("Results store") for the schema.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from robustkit.errors import RobustkitError
+
+from .identity import canonical_json
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = "1"
+
+SAMPLE_COLUMNS = ("idx", "label", "clean_pred", "clean_correct", "robust_after", "robust", "broken_by",
+                  "broken_at_eps", "adv_pred", "adv_norm", "attacked")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    robustkit_version TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    device TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    model TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    norm TEXT NOT NULL,
+    eps REAL NOT NULL,
+    prev_job_id TEXT,
+    n_examples INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    n_batches INTEGER NOT NULL,
+    attack_labels TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS run_jobs (
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    PRIMARY KEY (run_id, position)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    batch_index INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    n_attacked INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    computed_at REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    UNIQUE (job_id, batch_index)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    clean_pred INTEGER NOT NULL,
+    clean_correct INTEGER NOT NULL,
+    robust_after TEXT NOT NULL,
+    robust INTEGER NOT NULL,
+    broken_by TEXT,
+    broken_at_eps REAL,
+    adv_pred INTEGER,
+    adv_norm REAL,
+    attacked INTEGER NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A finished batch as recorded (its row id and timestamp show it was not recomputed on resume)."""
+
+    id: int
+    batch_index: int
+    start: int
+    stop: int
+    seconds: float
+    computed_at: float
+
+
+def remove_store(out_dir: Path) -> None:
+    """Delete the database (and its WAL side files) of an output folder: what ``--fresh`` does."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = Path(out_dir) / f"{DB_NAME}{suffix}"
+        if path.exists():
+            path.unlink()
+
+
+class ResultStore:
+    """Read/write access to ``<out>/results.sqlite``. Use as a context manager so the file is closed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA busy_timeout=60000")
+            self.conn.executescript(_SCHEMA)
+            self._check_schema_version()
+        except sqlite3.DatabaseError as exc:
+            raise RobustkitError(f"{self.path}: not a usable robustkit results database ({exc}); "
+                                 f"run with --fresh to start over") from exc
+
+    @classmethod
+    def open(cls, out_dir: Path, *, fresh: bool = False) -> "ResultStore":
+        if fresh:
+            remove_store(out_dir)
+        return cls(Path(out_dir) / DB_NAME)
+
+    def _check_schema_version(self) -> None:
+        with self._transaction():
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise RobustkitError(f"{self.path}: results schema version {row[0]}, this robustkit writes "
+                                     f"{SCHEMA_VERSION}; run with --fresh (or use another --out folder)")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ helpers
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+    def _transaction(self) -> "ResultStore._Tx":
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (KeyboardInterrupt included)."""
+        return ResultStore._Tx(self.conn)
+
+    # --------------------------------------------------------------------------------------------- runs
+    def begin_run(self, run_id: str, config: dict[str, Any], version: str, device: str) -> int:
+        """Record that the run starts (again); returns the attempt number (1 for a first start)."""
+        now = time.time()
+        with self._transaction() as c:
+            row = c.execute("SELECT attempts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO runs (run_id, config, robustkit_version, created_at, started_at, status, "
+                          "attempts, device) VALUES (?, ?, ?, ?, ?, 'running', 1, ?)",
+                          (run_id, canonical_json(config), version, now, now, device))
+                return 1
+            attempt = int(row[0]) + 1
+            c.execute("UPDATE runs SET started_at = ?, finished_at = NULL, status = 'running', attempts = ?, "
+                      "device = ? WHERE run_id = ?", (now, attempt, device, run_id))
+            return attempt
+
+    def finish_run(self, run_id: str, status: str = "finished") -> None:
+        with self._transaction() as c:
+            c.execute("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
+
+    def link_jobs(self, run_id: str, jobs: Sequence[tuple[str, str]]) -> None:
+        """Record which jobs (``(job_id, model display name)``, in order) make up the run."""
+        with self._transaction() as c:
+            c.execute("DELETE FROM run_jobs WHERE run_id = ?", (run_id,))
+            c.executemany("INSERT INTO run_jobs (run_id, position, job_id, model) VALUES (?, ?, ?, ?)",
+                          [(run_id, i, job, model) for i, (job, model) in enumerate(jobs)])
+
+    # --------------------------------------------------------------------------------------------- jobs
+    def ensure_job(self, job_id: str, identity: dict[str, Any], *, model: str, dataset: str, norm: str,
+                   eps: float, prev_job_id: str | None, n_examples: int, batch_size: int,
+                   attack_labels: Sequence[str]) -> int:
+        """Create the job if new; return its batch size (a stored job keeps the batch layout it started with)."""
+        n_batches = -(-n_examples // batch_size) if n_examples else 0
+        with self._transaction() as c:
+            row = c.execute("SELECT batch_size FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            c.execute("INSERT INTO jobs (job_id, identity, model, dataset, norm, eps, prev_job_id, n_examples, "
+                      "batch_size, n_batches, attack_labels, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (job_id, canonical_json(identity), model, dataset, norm, float(eps), prev_job_id,
+                       int(n_examples), int(batch_size), n_batches, canonical_json(list(attack_labels)),
+                       time.time()))
+        return int(batch_size)
+
+    def finished_batches(self, job_id: str) -> dict[int, StoredBatch]:
+        rows = self.conn.execute("SELECT id, batch_index, start, stop, seconds, computed_at FROM batches "
+                                 "WHERE job_id = ? ORDER BY batch_index", (job_id,)).fetchall()
+        return {int(r[1]): StoredBatch(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]))
+                for r in rows}
+
+    def mark_job_finished(self, job_id: str) -> None:
+        with self._transaction() as c:
+            c.execute("UPDATE jobs SET finished_at = COALESCE(finished_at, ?) WHERE job_id = ?", (time.time(), job_id))
+
+    def commit_batch(self, *, job_id: str, batch_index: int, start: int, stop: int, seed: int, chunk_size: int,
+                     n_attacked: int, seconds: float, run_id: str, attempt: int,
+                     rows: Iterable[Sequence[Any]]) -> bool:
+        """Store a batch and its per-sample rows in ONE transaction. False if it was already stored."""
+        with self._transaction() as c:
+            cur = c.execute("INSERT OR IGNORE INTO batches (job_id, batch_index, start, stop, seed, chunk_size, "
+                            "n_attacked, seconds, computed_at, run_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (job_id, batch_index, start, stop, seed, chunk_size, n_attacked, float(seconds),
+                             time.time(), run_id, attempt))
+            if cur.rowcount == 0:  # another process stored this batch first: keep theirs
+                return False
+            placeholders = ", ".join("?" * (len(SAMPLE_COLUMNS) + 1))
+            c.executemany(f"INSERT INTO samples (job_id, {', '.join(SAMPLE_COLUMNS)}) VALUES ({placeholders})",
+                          [(job_id, *row) for row in rows])
+        return True
+
+    # ------------------------------------------------------------------------------------------ reading
+    def samples(self, job_id: str, start: int | None = None, stop: int | None = None) -> pd.DataFrame:
+        """Per-sample rows of a job (optionally indices ``start <= idx < stop``), ordered by index."""
+        query = f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if start is not None and stop is not None:
+            query += " AND idx >= ? AND idx < ?"
+            params += [int(start), int(stop)]
+        return pd.read_sql_query(query + " ORDER BY idx", self.conn, params=params)
+
+    def job_seconds(self, job_id: str) -> float:
+        row = self.conn.execute("SELECT COALESCE(SUM(seconds), 0) FROM batches WHERE job_id = ?", (job_id,)).fetchone()
+        return float(row[0])
+
+    def batches(self, job_id: str | None = None) -> pd.DataFrame:
+        """The batches table (all jobs, or one), for audits and tests."""
+        query = "SELECT * FROM batches"
+        params: list[Any] = []
+        if job_id is not None:
+            query += " WHERE job_id = ?"
+            params.append(job_id)
+        return pd.read_sql_query(query + " ORDER BY id", self.conn, params=params)

@@ -1,0 +1,110 @@
+"""A fully resolved sweep: loaded data, loaded models, built attacks, the eps list -- ready to run.
+
+The YAML config (:mod:`robustkit.engine.config`), the Python API (:mod:`robustkit.engine.api`) and the
+quickstart all produce a :class:`Sweep` and hand it to the same runner, so every entry point follows the
+same rules. Everything that can be wrong with a sweep is checked when it is built, before any compute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from torch import nn
+
+from robustkit.attacks import Attack, build_attack
+from robustkit.data import Dataset
+from robustkit.errors import ConfigError, RobustkitError
+from robustkit.threat import canonical_norm, parse_eps, validate_eps
+
+
+@dataclass
+class ModelEntry:
+    """A model under evaluation and the name it has in the leaderboard."""
+
+    name: str
+    model: nn.Module
+    source: dict[str, Any] = field(default_factory=dict)  # JSON-able: where it came from (card, class)
+
+
+@dataclass
+class Sweep:
+    """dataset x models x threat model (norm, eps list) x attack suite, plus how to run it."""
+
+    dataset: Dataset
+    models: list[ModelEntry]
+    attacks: list[Attack]
+    norm: str
+    eps: list[float]
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # JSON-able description stored with the run
+
+    def __post_init__(self) -> None:
+        self.norm = canonical_norm(self.norm)
+        self.eps = eps_list(self.eps, self.norm)
+        check_suite(self.attacks, self.norm)
+        names = [m.name for m in self.models]
+        if not names:
+            raise ConfigError("models: expected at least one model")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"models: two models are named {dup[0]!r}; give each a distinct name")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed: expected an integer, got {self.seed!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+
+    @property
+    def labels(self) -> list[str]:
+        return [a.label for a in self.attacks]
+
+
+def eps_list(values: Any, norm: str, field_name: str = "threat_model.eps") -> list[float]:
+    """A number, a fraction string or a list of them → sorted, de-duplicated, validated floats.
+
+    Sorting is part of the accounting: the nested-ball rule carries results from smaller to larger eps.
+    """
+    items = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not items:
+        raise ConfigError(f"{field_name}: expected at least one eps")
+    out = []
+    for i, v in enumerate(items):
+        where = f"{field_name}[{i}]" if isinstance(values, (list, tuple)) else field_name
+        out.append(validate_eps(parse_eps(v, where), norm, where))
+    return sorted(set(out))
+
+
+def build_suite(specs: Sequence[Any], field_name: str = "attacks") -> list[Attack]:
+    """Attacks from names, ``{name: ..., param: ...}`` mappings or Attack instances, in order."""
+    if isinstance(specs, (str, dict, Attack)):
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ConfigError(f"{field_name}: expected a non-empty list of attacks, got {specs!r}")
+    suite = []
+    for i, spec in enumerate(specs):
+        try:
+            suite.append(build_attack(spec))
+        except RobustkitError as exc:
+            raise ConfigError(f"{field_name}[{i}]: {exc}") from None
+    return suite
+
+
+def check_suite(attacks: Sequence[Attack], norm: str) -> None:
+    """Refuse a suite that could not run to the end, before anything is computed."""
+    if not attacks:
+        raise ConfigError("attacks: expected at least one attack")
+    labels = [a.label for a in attacks]
+    for i, attack in enumerate(attacks):
+        if not isinstance(attack, Attack):
+            raise ConfigError(f"attacks[{i}]: expected a robustkit Attack, got {type(attack).__name__}")
+        if norm not in attack.norms:
+            raise ConfigError(f"attacks[{i}]: attack {attack.name!r} supports norms {', '.join(attack.norms)}, "
+                              f"not {norm}")
+        if attack.params.get("targeted") == "given":
+            raise ConfigError(f"attacks[{i}]: attack {attack.name!r}: targeted: given needs target labels, which a "
+                              f"sweep does not have; use random or least-likely")
+        if labels.count(attack.label) > 1:
+            raise ConfigError(f"attacks[{i}]: two attacks are labelled {attack.label!r}; give each a distinct "
+                              f"'label:' (it names the acc_<label> column)")
