@@ -7,5 +7,9 @@ Importing this package registers the built-in attacks. Third-party attacks regis
     my-attack = "my_package.attacks:MyAttack"
 """
 from .base import ATTACKS, Attack, AttackResult, build_attack, eval_mode, get_attack_class, register_attack
+from . import fgsm, pgd  # noqa: F401  (registers the built-in attacks)
+from . import cw, fmn  # noqa: F401
+from . import autoattack  # noqa: F401
+from . import torchattacks_wrapper, transfer  # noqa: F401  (torchattacks:<Class> names; registers transfer)
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "build_attack", "eval_mode", "get_attack_class", "register_attack"]

@@ -26,10 +26,12 @@ import torch
 from torch import nn
 
 from robustkit.errors import ConfigError, did_you_mean
-from robustkit.predict import is_randomized, predict
+from robustkit.predict import DEFAULT_VOTE_PASSES, is_randomized, predict
 from robustkit.registry import Registry
 from robustkit.threat import ThreatModel, check_budget, project
 
+from .bpda import NonDifferentiableModelError, bpda_parts
+from .eot import mean_logits, refresh_randomized
 from .losses import get_loss
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack", entry_point_group="robustkit.attacks")
@@ -115,6 +117,11 @@ class Attack:
             )
         if merged["targeted"] and not self.supports_targeted:
             raise ConfigError(f"attack {self.name!r} has no targeted mode")
+        eot_iter = merged["eot_iter"]
+        if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, int) or eot_iter < 1):
+            raise ConfigError(
+                f"attack {self.name!r}: eot_iter: expected a positive integer (or null for auto), got {eot_iter!r}"
+            )
         if "loss" in merged:
             get_loss(merged["loss"])
         self.params: dict[str, Any] = merged
@@ -166,6 +173,8 @@ class Attack:
         y = y.detach().to(device=device, dtype=torch.long)
         eps = threat.eps_tensor(x.shape[0], device)
         with eval_mode(model):
+            # declared-or-detected, once per call; eot_samples() and predict() below read the cached answer
+            randomized = refresh_randomized(model, x) if x.shape[0] else is_randomized(model)
             target = self.resolve_target(model, x, y, target, generator)
             if x.shape[0] == 0:
                 x_adv = x.clone()
@@ -175,7 +184,11 @@ class Attack:
                 x_adv, info = out if isinstance(out, tuple) else (out, {})
                 x_adv = project(x, x_adv.detach().to(device=device, dtype=torch.float32), eps, threat.norm)
             norms = check_budget(x, x_adv, eps, threat.norm, who=f"attack {self.name!r}")
-            pred = predict(model, x_adv) if x.shape[0] else y.clone()
+            # randomized: robust only if a strict majority of the passes is correct (see robustkit.predict)
+            n_votes = DEFAULT_VOTE_PASSES if randomized else 1
+            pred = predict(model, x_adv, n_passes=n_votes) if x.shape[0] else y.clone()
+            info = {**info, "randomized": randomized, "eot_iter": self.eot_samples(model),
+                    "vote_passes": n_votes, "bpda_parts": bpda_parts(model)}
         success = (pred == target) if target is not None else (pred != y)
         return AttackResult(x_adv=x_adv, success=success, pred=pred, norms=norms, target=target, info=info)
 
@@ -193,25 +206,55 @@ class Attack:
     # ------------------------------------------------------------------------------------------ helpers
     def resolve_target(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                        generator: torch.Generator | None) -> torch.Tensor | None:
+        """Target labels for this batch (None when untargeted), resolved once for every attack.
+
+        ``given``: the caller's labels, verbatim (validated: one per sample, integer class ids, != y, since a
+        "target" equal to the true label would count as a success with no perturbation at all).
+        ``least-likely``: argmin of the clean logits (averaged over the EOT passes for a randomized model).
+        ``random``: uniform over the classes other than y (from ``generator`` when given).
+        """
         mode = self.params.get("targeted", False)
         if not mode:
             return None
-        if mode == "given":
-            if target is None:
-                raise ConfigError(f"attack {self.name!r}: targeted: given needs target labels")
-            return target.to(device=y.device, dtype=torch.long)
-        with torch.no_grad():
-            logits = model(x)
-        num_classes = logits.shape[1]
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long, device=y.device)
         if mode == "least-likely":
-            return logits.argmin(dim=1)
+            return mean_logits(model, x, self.eot_samples(model)).argmin(dim=1)
+        with torch.no_grad():
+            num_classes = int(model(x[:1]).shape[1])
+        if mode == "given":
+            return self._check_given_target(y, target, num_classes)
         # random: uniform over the classes other than y
         gen_device = generator.device if generator is not None else torch.device("cpu")
         offset = torch.randint(1, num_classes, (y.shape[0],), generator=generator, device=gen_device).to(y.device)
         return (y + offset) % num_classes
 
+    def _check_given_target(self, y: torch.Tensor, target: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+        who = f"attack {self.name!r}: targeted: given"
+        if target is None:
+            raise ConfigError(f"{who} needs target labels, one per sample (none were passed)")
+        target = torch.as_tensor(target)
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise ConfigError(f"{who}: target labels must be integer class ids, got dtype {target.dtype}")
+        target = target.reshape(-1).to(device=y.device, dtype=torch.long)
+        if target.shape[0] != y.shape[0]:
+            raise ConfigError(f"{who}: expected one target label per sample ({y.shape[0]}), got {target.shape[0]}")
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+            bad = int(target.min()) if int(target.min()) < 0 else int(target.max())
+            raise ConfigError(f"{who}: target labels must be class ids in 0..{num_classes - 1}, got {bad}")
+        same = target == y
+        if bool(same.any()):
+            i = int(same.nonzero()[0])
+            raise ConfigError(f"{who}: {int(same.sum())} target label(s) equal the true label (e.g. sample {i}: "
+                              f"{int(y[i])}); a target must differ from y")
+        return target
+
     def eot_samples(self, model: nn.Module) -> int:
-        """How many forward passes a gradient averages over (EOT)."""
+        """How many forward passes a gradient averages over (EOT).
+
+        ``eot_iter`` when set; otherwise DEFAULT_EOT_ITER for a randomized model (declared, or detected at the
+        start of this attack call) and 1 for a deterministic one.
+        """
         n = self.params.get("eot_iter")
         if n is None:
             return DEFAULT_EOT_ITER if is_randomized(model) else 1
@@ -234,7 +277,14 @@ class Attack:
             with torch.enable_grad():
                 logits = model(xr).float()
                 per_sample = loss_fn(logits, y, target)
-                (grad,) = torch.autograd.grad(per_sample.sum(), xr)
+                grad = None
+                if per_sample.requires_grad:
+                    (grad,) = torch.autograd.grad(per_sample.sum(), xr, allow_unused=True)
+                if grad is None:
+                    raise NonDifferentiableModelError(
+                        f"attack {self.name!r}: the model's output does not depend on its input through autograd "
+                        "(a non-differentiable step?); wrap that step in robustkit.attacks.bpda.BPDA"
+                    )
             grad_sum += grad.detach()
             loss_sum += per_sample.detach()
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
@@ -243,6 +293,12 @@ class Attack:
 
 
 def get_attack_class(name: str) -> type[Attack]:
+    """The attack class for a registered name, or for ``torchattacks:<Class>`` (built on demand, not registered,
+    so that importing robustkit does not import torchattacks and the registry lists robustkit's own names)."""
+    if str(name).lower().startswith("torchattacks:"):
+        from .torchattacks_wrapper import torchattacks_attack_class
+
+        return torchattacks_attack_class(str(name).split(":", 1)[1])
     return ATTACKS.get(name)
 
 

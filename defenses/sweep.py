@@ -1,0 +1,95 @@
+"""Defenses in sweep configs: the defense side of the ``defense:`` and ``members:`` keys of a model entry.
+
+The engine owns config parsing and model loading; this module gives it three small calls so that wiring
+defenses in is a few lines and the rules live in one place:
+
+* :func:`check_model_entry` -- at config-parse time, before anything is loaded: validates ``defense``
+  (names and parameter types) and the shape of ``members``;
+* :func:`defended_model` -- at resolve time: loads the base model or every member with the engine's own
+  loader and wraps them (``members`` without ``defense`` means ``{name: ensemble}``, mean of logits);
+* :func:`leaderboard_fields` -- what a leaderboard row should say about the model's defense, and
+  :func:`certified_leaderboard_rows` for certifiable defenses (rows marked ``evaluation: certified``,
+  beside the attacks' ``empirical`` rows).
+
+Example entries::
+
+    models:
+      - name: mnist-smoothed
+        arch: kw-small
+        checkpoint: runs/noise/mnist-kw-small-noise.safetensors
+        defense: {name: smoothing, sigma: 0.25}
+      - name: mnist-crossmax
+        members: [mnist-lenet5-clean, mnist-lenet5-pgd, cards/mine.yaml]
+        defense: {name: ensemble, aggregation: crossmax, k: 2}
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from robustkit.errors import ConfigError
+
+from .base import Defense, build_defense, check_defense_spec
+from .certification import DEFAULT_RADII, certified_rows
+
+ENTRY_KEYS = ("defense", "members")
+
+
+def check_model_entry(entry: Mapping[str, Any], where: str = "model") -> None:
+    """Validate the defense keys of a model entry (mapping) without loading anything."""
+    if "defense" in entry:
+        check_defense_spec(entry["defense"], f"{where}.defense")
+    if "members" in entry:
+        members = entry["members"]
+        if not isinstance(members, list) or len(members) < 2:
+            raise ConfigError(f"{where}.members: expected a list of at least 2 models (zoo names, card paths or "
+                              f"card mappings), got {members!r}")
+        others = [k for k in entry if k not in ("name", *ENTRY_KEYS)]
+        if others:
+            raise ConfigError(f"{where}: an ensemble entry (members:) takes only name, members and defense; "
+                              f"move {', '.join(map(repr, others))} into the member entries")
+
+
+def defended_model(entry: Mapping[str, Any], load: Callable[[Any], nn.Module]) -> nn.Module:
+    """The model an entry describes: ``load`` (the engine's loader) builds each model; the defense wraps them.
+
+    An entry without ``defense`` / ``members`` is just ``load(entry)``. With ``members``, each member spec
+    is loaded and the defense (default ``{name: ensemble}``) receives the list. The returned defense
+    carries ``robustkit_members`` (the member specs) for provenance.
+    """
+    spec = entry.get("defense")
+    if "members" in entry:
+        models = [load(m) for m in entry["members"]]
+        defended = build_defense(spec if spec is not None else {"name": "ensemble"}, models)
+        defended.robustkit_members = list(entry["members"])
+        return defended
+    base = load({k: v for k, v in entry.items() if k not in ENTRY_KEYS})
+    return base if spec is None else build_defense(spec, base)
+
+
+def leaderboard_fields(model: nn.Module) -> dict[str, Any]:
+    """``{"defense": "smoothing(sigma=0.25, ...)" or "", "defense_config": {...} or None}`` for a row."""
+    if not isinstance(model, Defense):
+        return {"defense": "", "defense_config": None}
+    parts, current = [], model
+    while isinstance(current, Defense):  # chained defenses, outermost first
+        parts.append(current.describe())
+        current = getattr(current, "model", None)
+    return {"defense": " <- ".join(parts), "defense_config": model.config()}
+
+
+def certified_leaderboard_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                               radii: Sequence[float] = DEFAULT_RADII, generator: torch.Generator | None = None,
+                               **certify_options: Any) -> list[dict[str, Any]]:
+    """Certified-accuracy rows for a certifiable defense ([] for anything else), one per L2 radius.
+
+    Each row: ``radius, n_examples, certified_count, certified_acc`` (percent), ``abstained``, the sampling
+    settings, ``kind: "certified"`` and ``norm: "L2"``. ``certify_options`` (n0, n, alpha, batch_size)
+    override the defense's own.
+    """
+    if not (isinstance(model, Defense) and model.certifiable):
+        return []
+    result = model.certify(x, generator=generator, **certify_options)
+    return [{**row, "norm": "L2"} for row in certified_rows(result, y, radii)]
