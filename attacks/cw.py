@@ -29,7 +29,7 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 from robustkit.predict import predict
-from robustkit.threat import perturbation_norm
+from robustkit.threat import RTOL, perturbation_norm
 
 from ._steps import per_sample
 from .base import Attack, register_attack
@@ -60,8 +60,9 @@ def select_within_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tar
     ``best_adv`` holds each sample's smallest adversarial example found (``found`` says where there is one).
     Each is re-predicted first (majority vote for randomized models): a minimal norm is reported only for an
     example that really is adversarial, so curves built from ``min_norm`` never count an unconfirmed point.
-    Examples whose norm is at most ``eps`` are returned as they are; all other samples are returned as ``x``
-    (never rescaled into the ball), so they do not count as broken.
+    Examples whose norm is at most ``eps`` (relative tolerance ``RTOL`` = 1e-6, the budget check's rule; eps
+    arrives as float32, the norms are float64) are returned as they are; all other samples are returned as
+    ``x`` (never rescaled into the ball), so they do not count as broken.
 
     Returns the inputs to hand back and the info dict with ``min_norm`` (float64, inf where none was confirmed)
     and ``within_budget`` (bool).
@@ -70,7 +71,7 @@ def select_within_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tar
     confirmed = found & ((pred == target) if target is not None else (pred != y))
     norms = perturbation_norm(x, best_adv, norm).to(x.device)
     min_norm = torch.where(confirmed, norms, torch.full_like(norms, float("inf")))
-    within = min_norm <= eps.to(device=x.device, dtype=torch.float64)
+    within = min_norm <= eps.to(device=x.device, dtype=torch.float64) * (1 + RTOL)
     x_out = torch.where(per_sample(within, x), best_adv, x)
     return x_out, {"min_norm": min_norm, "within_budget": within}
 

@@ -7,8 +7,10 @@ correctly and its minimal norm is larger than ``eps``. Because those norms are *
 minimal norms, the curve is an upper bound on the true robust accuracy, like any attack's number; the
 evaluator confirms chosen points with a bounded attack at each eps and reports the lower of the two.
 
-The convention "broken iff norm <= eps" is the budget check of :func:`robustkit.threat.check_budget`: a
-perturbation of norm exactly eps is inside the threat model.
+The convention "broken iff norm <= eps * (1 + 1e-6)" is the budget check of
+:func:`robustkit.threat.check_budget` (relative tolerance ``RTOL``) and the rule of the bounded evaluation of
+the minimum-norm attacks (:func:`robustkit.attacks.cw.select_within_budget`): a perturbation of norm exactly
+eps is inside the threat model, and a curve read at eps counts the same samples as a bounded run at eps.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .errors import ConfigError
+from .threat import RTOL
 
 
 def _checked(clean_correct: torch.Tensor, min_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +51,8 @@ def robust_accuracy_curve(clean_correct: torch.Tensor, min_norms: torch.Tensor,
 
     ``clean_correct`` (bool, (n,)) says which samples the model classifies correctly without attack;
     ``min_norms`` ((n,)) are the per-sample minimal adversarial norms (inf: none found). Robust accuracy at
-    eps is the fraction of all n samples that are clean-correct with ``min_norm > eps``; n = 0 gives nan.
+    eps is the fraction of all n samples that are clean-correct with ``min_norm > eps * (1 + RTOL)``; n = 0
+    gives nan.
     """
     correct, norms = _checked(clean_correct, min_norms)
     eps_values = _checked_eps(eps_list)
@@ -56,8 +60,9 @@ def robust_accuracy_curve(clean_correct: torch.Tensor, min_norms: torch.Tensor,
     if n == 0:
         return [(eps, float("nan")) for eps in eps_values]
     sorted_norms = norms[correct].sort().values
-    # robust at eps = clean-correct samples whose norm is > eps = all of them minus those <= eps
-    at_or_below = torch.searchsorted(sorted_norms, torch.tensor(eps_values, dtype=torch.float64), right=True)
+    # robust at eps = clean-correct samples whose norm is > eps (1 + RTOL) = all of them minus the others
+    limits = torch.tensor(eps_values, dtype=torch.float64) * (1 + RTOL)
+    at_or_below = torch.searchsorted(sorted_norms, limits, right=True)
     robust = sorted_norms.numel() - at_or_below
     return [(eps, int(r) / n) for eps, r in zip(eps_values, robust.tolist())]
 

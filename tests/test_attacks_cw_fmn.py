@@ -18,7 +18,7 @@ from robustkit.attacks.cw import select_within_budget
 from robustkit.curves import full_robust_accuracy_curve, merge_min_norms, robust_accuracy_curve
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.predict import predict
-from robustkit.threat import ThreatModel, perturbation_norm
+from robustkit.threat import RTOL, ThreatModel, perturbation_norm
 
 N_MNIST = 100
 # CW settings for the test: 5 search steps of 100 Adam steps at lr 0.1 instead of the 9 x 1000 at lr 0.01
@@ -29,6 +29,17 @@ CW_BOUND = 1.4  # L2 eps of the bounded evaluation in the CW run: about the medi
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Single-threaded: thousands of tiny LeNet5 passes, which two intra-op threads on a shared 2-core machine
+    make several times slower (see tests/test_attacks_autoattack.py). Module scope, so that it is in place
+    before the module-scoped attack runs below."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------- tiny model
@@ -113,16 +124,17 @@ def test_cw_bounded_evaluation_counts_only_examples_within_eps(cw_run, mnist100,
     """Samples whose smallest CW perturbation exceeds eps come back UNCHANGED and unbroken; none is rescaled."""
     x, y = mnist100
     min_norm = cw_run.info["min_norm"]
-    over = clean_correct & (min_norm > CW_BOUND)
-    within = clean_correct & (min_norm <= CW_BOUND)
+    limit = CW_BOUND * (1 + RTOL)  # the rule: L2 norm <= eps with relative tolerance 1e-6
+    over = clean_correct & (min_norm > limit)
+    within = clean_correct & (min_norm <= limit)
     assert int(over.sum()) >= 10 and int(within.sum()) >= 10, "CW_BOUND should split the samples"
     assert torch.equal(cw_run.x_adv[over], x[over])
     assert not bool(cw_run.success[over].any())
     assert bool(cw_run.success[within].all())
     # the returned examples are the ones CW found: same norm as reported (projection slack 1e-5 at most)
     assert torch.allclose(cw_run.norms[within], min_norm[within], rtol=2e-5)
-    assert bool((cw_run.norms <= CW_BOUND * (1 + 1e-6)).all())
-    assert torch.equal(cw_run.info["within_budget"], min_norm <= CW_BOUND)
+    assert bool((cw_run.norms <= limit).all())
+    assert torch.equal(cw_run.info["within_budget"], min_norm <= limit)
     # robust accuracy from the bounded run equals the curve read off the minimal norms
     robust = float((clean_correct & ~cw_run.success).double().mean())
     [(eps, acc)] = robust_accuracy_curve(clean_correct, min_norm, [CW_BOUND])
@@ -250,6 +262,27 @@ def test_already_misclassified_samples_have_min_norm_zero(tiny):
         res = build_attack(spec)(model, x[:3], wrong[:3], ThreatModel("L2", 0.1))
         assert torch.equal(res.info["min_norm"], torch.zeros(3, dtype=torch.float64))
         assert torch.equal(res.x_adv, x[:3]) and bool(res.success.all())
+
+
+def test_within_eps_uses_the_relative_tolerance_not_float32_eps():
+    """eps reaches the attack as float32 (0.48 -> 0.4799999893); a norm just above that but within 0.48 (1 + 1e-6)
+    counts, one above the tolerance does not, and the curve read at 0.48 agrees with the bounded verdict."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():  # always predicts class 1
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0.0, 1.0]))
+    x = torch.zeros(3, 1, 2, 2)
+    y = torch.zeros(3, dtype=torch.long)
+    eps32 = torch.tensor(0.48, dtype=torch.float32)
+    just_above = torch.nextafter(eps32, torch.tensor(1.0))       # 0.48000002: above float32 eps, within 1e-6
+    values = [float(eps32), float(just_above), 0.48 * (1 + 1e-5)]
+    adv = x.clone()
+    adv[:, 0, 0, 0] = torch.tensor(values, dtype=torch.float32)  # L2 norm = that one pixel
+    eps = torch.full((3,), 0.48, dtype=torch.float32)
+    _, info = select_within_budget(model, x, y, None, adv, torch.ones(3, dtype=torch.bool), eps, "L2")
+    assert info["within_budget"].tolist() == [True, True, False]
+    correct = torch.ones(3, dtype=torch.bool)
+    assert robust_accuracy_curve(correct, info["min_norm"], [0.48]) == [(0.48, 1 / 3)]
 
 
 def test_select_within_budget_drops_unconfirmed_examples(tiny):
