@@ -83,7 +83,7 @@ def best_iterate_search(attack: Attack, model: nn.Module, x: torch.Tensor, y: to
     """Run ``restarts`` x ``steps`` projected gradient steps and return the best iterate per sample.
 
     ``eps`` and ``step_size`` are per-sample tensors of shape (n,). Returns ``(x_best, info)`` with
-    ``info = {"steps_run", "restarts_run", "best_loss", "loss_tail"}``: ``steps_run`` counts gradient steps
+    ``info = {"steps_run", "restarts_run", "best_loss", "loss_tail", "ever_succeeded"}``: ``steps_run`` counts gradient steps
     over all restarts (a restart ends early once all its samples succeeded); ``best_loss`` (n,) is the loss of
     the returned point; ``loss_tail`` holds the mean loss at the last (up to) 5 evaluations of the last restart,
     over the samples that were still unbroken at its end (the same samples at every entry, so a still-rising
@@ -146,8 +146,10 @@ def best_iterate_search(attack: Attack, model: nn.Module, x: torch.Tensor, y: to
         unbroken = idx[~hit]
         loss_tail = [float(ls[torch.isin(ix, unbroken)].mean()) for ix, ls in tail] if unbroken.numel() else []
 
+    # ever_succeeded: some evaluated iterate fooled the model (read by the "silent-success" check, which
+    # compares it with the re-predicted verdict on the returned point)
     info = {"steps_run": steps_run, "restarts_run": restarts_run, "best_loss": best_loss.cpu(),
-            "loss_tail": loss_tail}
+            "loss_tail": loss_tail, "ever_succeeded": done.cpu()}
     return x_best, info
 
 

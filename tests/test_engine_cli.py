@@ -28,7 +28,7 @@ def test_quickstart_end_to_end(tmp_path):
     print(f"quickstart took {seconds:.1f} s")  # reported in the engine's hand-over notes
     assert proc.returncode == 0, proc.stderr
     # stdout: only the leaderboard table; stderr: progress bars with the robust count
-    assert proc.stdout.startswith("| rank | model | dataset | norm | eps |")
+    assert proc.stdout.startswith("| rank | model | defense | evaluation | dataset | norm | eps |")
     assert "robust=" in proc.stderr and "sample" in proc.stderr
     board = pd.read_csv(tmp_path / "runs" / "quickstart" / "leaderboard.csv")
     assert sorted(board["model"].unique()) == sorted(DIGITS_MODEL_NAMES)
@@ -52,7 +52,7 @@ def test_adhoc_eval_with_fraction_eps_and_deterministic_default_out(tmp_path, mo
     assert len(outs) == 1 and outs[0].name.startswith("digits-Linf-")
     board = pd.read_csv(outs[0] / "leaderboard.csv")
     assert board["eps"].tolist() == [8 / 255, 0.1]
-    assert list(board.columns[8:10]) == ["acc_fgsm", "acc_pgd"]
+    assert list(board.columns[10:12]) == ["acc_fgsm", "acc_pgd"]
     assert "| 8/255 |" in first.out
     assert main(args) == 0  # the same command resumes the same folder: nothing to recompute
     second = capsys.readouterr()

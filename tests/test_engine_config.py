@@ -65,7 +65,9 @@ def cli_error(tmp_path: Path, data: dict, capsys) -> str:
     (with_(models=[{"name": "m", "arch": "lenet5", "checkpoint": "missing/weights.pt"}]),
      ["models[0].checkpoint: file not found:", "missing/weights.pt"]),
     (with_(dataset={"name": "mnist", "root": "no-such-folder"}), ["dataset.root: not found:", "no-such-folder"]),
-    (with_(models=[{"name": "m", "arch": "mlp", "defense": "jpeg"}]), ["models[0]: unknown key 'defense'"]),
+    (with_(models=[{"name": "m", "arch": "mlp", "defense": "jpg"}]), ["models[0].defense: unknown defense 'jpg'",
+                                                                       'did you mean "jpeg"']),
+    (with_(models=[{"name": "m", "members": ["a"]}]), ["models[0].members: expected a list of at least 2"]),
 ])
 def test_config_errors_are_one_line_and_name_the_file(tmp_path, capsys, data, needles):
     line = cli_error(tmp_path, data, capsys)

@@ -61,7 +61,7 @@ def _adhoc_config(models: tuple[str, ...], dataset: str | None, root: str | None
 
 def _report(result: RunResult, quiet: bool) -> None:
     click.echo(to_markdown(result.leaderboard), nl=False)
-    click.echo(f"wrote {result.out / LEADERBOARD_CSV} and {result.out / PER_SAMPLE_CSV} "
+    click.echo(f"wrote {result.out / LEADERBOARD_CSV}, {result.out / PER_SAMPLE_CSV} and {result.out / 'report.md'} "
                f"({result.batches_computed} batches computed, {result.batches_reused} reused)", err=True)
 
 
@@ -76,6 +76,8 @@ def _report(result: RunResult, quiet: bool) -> None:
 @click.option("--seed", type=int, help="Override the seed (default: from the config, else 0).")
 @click.option("--fresh", is_flag=True, help="Discard previous results in the output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--checks", "checks", type=click.Choice(["cheap", "full", "off"]), default=None,
+              help="Evaluation checks (docs/checks.md): cheap (default), full or off; overrides the config.")
 @click.option("--model", "models", multiple=True, help="Ad hoc: zoo name or model card path (repeatable).")
 @click.option("--dataset", help="Ad hoc: dataset name.")
 @click.option("--root", help="Ad hoc: dataset folder.")
@@ -86,7 +88,7 @@ def _report(result: RunResult, quiet: bool) -> None:
 def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_examples: int | None,
              batch_size: int | None, seed: int | None, fresh: bool, quiet: bool, models: tuple[str, ...],
              dataset: str | None, root: str | None, attacks: tuple[str, ...], eps: tuple[str, ...],
-             norm: str | None) -> None:
+             norm: str | None, checks: str | None = None) -> None:
     """Evaluate models against an attack suite and print the leaderboard.
 
     With no arguments, runs the quickstart: the small digits models against the built-in suite.
@@ -110,5 +112,6 @@ def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_e
         sweep = quickstart_sweep(device=device or "auto", n_examples=n_examples, batch_size=batch_size,
                                  seed=0 if seed is None else seed)
         target = out or QUICKSTART_OUT
-    result = run_sweep(sweep, target, fresh=fresh, quiet=quiet)
+    mode = checks or (cfg.checks if config_path is not None or adhoc else "cheap")
+    result = run_sweep(sweep, target, fresh=fresh, quiet=quiet, checks=mode)
     _report(result, quiet)

@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from robustkit.attacks import Attack
+from robustkit.checks import check_mode
 from robustkit.data import Dataset, load_dataset
+from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.errors import ConfigError, DataError
 
+from .curve_fill import parse_curve
 from .leaderboard import to_markdown
 from .quickstart import DEFAULT_ATTACKS
 from .runner import describe_sweep, run_sweep
@@ -36,6 +39,7 @@ class EvaluationResult:
     per_sample: pd.DataFrame
     run_id: str
     out: Path | None
+    curve: pd.DataFrame | None = None  # with evaluate(curve=...): the table of curve.csv
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the leaderboard CSV (the same format as ``leaderboard.csv`` of ``robustkit eval``)."""
@@ -163,7 +167,8 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
              eps: float | str | Sequence[float | str] | None = None, norm: str = "Linf", *, seed: int = 0,
              device: str = "auto", batch_size: int | None = None, out: str | Path | None = None,
              name: str | None = None, n_examples: int | None = None, quiet: bool = True,
-             fresh: bool = False) -> EvaluationResult:
+             fresh: bool = False, radii: Sequence[float] = DEFAULT_RADII, curve: Any = None,
+             checks: str = "cheap") -> EvaluationResult:
     """Robust accuracy of ``model`` under ``attacks`` at each ``eps`` (same engine as ``robustkit eval``).
 
     ``model``: an ``nn.Module`` (inputs in [0, 1], normalization inside), a list of them, or a dict
@@ -172,7 +177,19 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
     ``attacks``: names, config mappings or Attack instances, run as a cascade in this order (default: the
     built-in suite of :mod:`robustkit.engine.quickstart`). ``out``: a folder for the results store and CSVs
     (resumable); None uses a temporary folder. ``fresh`` discards previous results in ``out``.
+
+    A defended model (``robustkit.defenses``) is just an ``nn.Module`` here; the leaderboard names its defense,
+    and a certifiable one (randomized smoothing) also gets certified-accuracy rows at the L2 ``radii``
+    (with the defense's own n0, n, alpha), marked ``evaluation: certified``.
+
+    ``curve``: e.g. ``{"attack": "fmn", "eps": "auto", "points": 20}`` runs that minimum-norm attack once
+    per model and returns the robust-accuracy-vs-eps curve (``result.curve``, ``curve.csv``), confirmed at
+    each eps by the bounded suite (:mod:`robustkit.engine.curve_fill`).
+
+    ``checks``: ``cheap`` (default), ``full`` or ``off`` -- the evaluation checks whose flags fill the
+    ``flags`` column (docs/checks.md); they never change a number.
     """
+    checks = check_mode(checks)
     if dataset is None:
         raise ConfigError("dataset: required (a dataset name, a pair (x, y) or a DataLoader)")
     if eps is None:
@@ -183,9 +200,12 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
     sweep = Sweep(dataset=data, models=entries, attacks=suite, norm=norm, eps=eps, seed=seed, device=device,
                   batch_size=batch_size)
     sweep.config = {"source": "python api", **describe_sweep(sweep)}
+    curve_spec = parse_curve(curve, sweep.norm)
+    if curve_spec is not None:
+        sweep.config["curve"] = curve_spec.to_json()
     if out is None:
         with tempfile.TemporaryDirectory(prefix="robustkit-eval-") as tmp:
-            result = run_sweep(sweep, tmp, fresh=True, quiet=quiet)
-        return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, None)
-    result = run_sweep(sweep, out, fresh=fresh, quiet=quiet)
-    return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, Path(out))
+            result = run_sweep(sweep, tmp, fresh=True, quiet=quiet, radii=radii, checks=checks)
+        return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, None, result.curve)
+    result = run_sweep(sweep, out, fresh=fresh, quiet=quiet, radii=radii, checks=checks)
+    return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, Path(out), result.curve)

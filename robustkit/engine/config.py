@@ -18,14 +18,18 @@ import yaml
 from robustkit.errors import ConfigError, RobustkitError, did_you_mean
 from robustkit.threat import canonical_norm
 
+from .curve_fill import parse_curve
+from robustkit.checks import check_mode
+
 from .devices import resolve_device
 from .sweep import ModelEntry, Sweep, build_suite, check_suite, eps_list
 
-CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output")
+CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output", "curve",
+               "checks")
 THREAT_KEYS = ("norm", "eps")
-# Model-entry keys the engine itself reads (a later issue adds ``defense`` and ``members`` here); every
-# other key of a model entry must be a model-card key (robustkit.zoo.cards.CARD_KEYS).
-ENGINE_MODEL_KEYS: tuple[str, ...] = ()
+# Model-entry keys the engine itself reads (defenses: robustkit.defenses.sweep); every other key of a model
+# entry must be a model-card key (robustkit.zoo.cards.CARD_KEYS).
+ENGINE_MODEL_KEYS: tuple[str, ...] = ("defense", "members", "model")
 CARD_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -44,6 +48,7 @@ class SweepConfig:
     device: str = "auto"
     batch_size: int | None = None
     output: Path | None = None
+    checks: str = "cheap"           # evaluation checks: cheap | full | off (docs/checks.md)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def error(self, message: str) -> ConfigError:
@@ -100,8 +105,8 @@ def _parse_dataset(value: Any, base_dir: Path, source: str) -> Any:
     return spec
 
 
-def _parse_model(value: Any, i: int, base_dir: Path, source: str) -> Any:
-    where = f"models[{i}]"
+def _parse_model(value: Any, i: int, base_dir: Path, source: str, where: str | None = None) -> Any:
+    where = where or f"models[{i}]"
     if isinstance(value, str) and value.strip():
         text = value.strip()
         if _looks_like_card_path(text):
@@ -122,6 +127,8 @@ def _parse_model(value: Any, i: int, base_dir: Path, source: str) -> Any:
         raise ConfigError(f"{source}: {where}.name: required, expected a string, got {entry.get('name')!r}")
     if set(entry) == {"name"}:
         return entry["name"].strip()  # {name: <zoo name>}
+    if any(k in entry for k in ENGINE_MODEL_KEYS):
+        return _parse_defended_model(entry, where, base_dir, source)
     ckpt = entry.get("checkpoint")
     ckpt_path = ckpt.get("path") if isinstance(ckpt, Mapping) else ckpt
     if ckpt_path is not None:
@@ -131,6 +138,28 @@ def _parse_model(value: Any, i: int, base_dir: Path, source: str) -> Any:
         if not resolved.is_file():
             raise ConfigError(f"{source}: {where}.checkpoint: file not found: {resolved}")
         entry["checkpoint"] = {**ckpt, "path": str(resolved)} if isinstance(ckpt, Mapping) else str(resolved)
+    return entry
+
+
+def _parse_defended_model(entry: dict[str, Any], where: str, base_dir: Path, source: str) -> dict[str, Any]:
+    """An entry with ``defense`` / ``members`` / ``model``: its base model(s) are parsed like any model entry."""
+    from robustkit.defenses.sweep import check_model_entry
+
+    try:
+        check_model_entry(entry, where)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if "members" in entry:
+        entry["members"] = [_parse_model(m, 0, base_dir, source, f"{where}.members[{j}]")
+                            for j, m in enumerate(entry["members"])]
+    elif "model" in entry:
+        entry["model"] = _parse_model(entry["model"], 0, base_dir, source, f"{where}.model")
+    elif any(k in entry for k in ("arch", "checkpoint")):
+        base = _parse_model({k: v for k, v in entry.items() if k != "defense"}, 0, base_dir, source, where)
+        entry = {**base, "defense": entry["defense"]} if isinstance(base, Mapping) else entry
+    else:
+        raise ConfigError(f"{source}: {where}: a defended model needs its base model: model: <zoo name, card "
+                          f"path or card mapping>, or arch and checkpoint")
     return entry
 
 
@@ -181,12 +210,17 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         models=[_parse_model(m, i, base_dir, source) for i, m in enumerate(models)],
         norm=norm, eps=eps, attacks=list(attacks), seed=int(seed or 0), device=device.strip(),
         batch_size=batch_size, output=_path(output, base_dir) if output else None, raw=dict(data),
+        checks=check_mode(data.get("checks"), f"{source}: checks"),
     )
     # unknown attack names/parameters, duplicate labels and unsupported norms fail here, before any loading
     try:
         check_suite(build_attacks(cfg), norm)
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(f"{source}: ") else f"{source}: {exc}") from None
+    try:  # the minimum-norm curve (robustkit.engine.curve_fill), also checked before any loading
+        parse_curve(data.get("curve"), norm)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return cfg
 
 
@@ -221,6 +255,7 @@ def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: s
     Keyword arguments are command-line overrides of the config's values.
     """
     from robustkit.data import load_dataset
+    from robustkit.defenses.sweep import defended_model
     from robustkit.zoo import load_model
 
     if n_examples is not None:
@@ -241,7 +276,8 @@ def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: s
     for i, spec in enumerate(cfg.models):
         label = spec if isinstance(spec, str) else spec.get("name")
         try:
-            model = load_model(spec, base_dir=cfg.base_dir)
+            model = defended_model(spec, lambda s: load_model(s, base_dir=cfg.base_dir)) \
+                if isinstance(spec, Mapping) else load_model(spec, base_dir=cfg.base_dir)
         except RobustkitError as exc:
             raise cfg.error(f"models[{i}] ({label}): {exc}") from None
         card = getattr(model, "robustkit_card", None) or {}
@@ -257,6 +293,9 @@ def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: s
                     "models": [e.source for e in entries], "norm": sweep.norm, "eps": sweep.eps,
                     "attacks": [{"label": a.label, **a.config()} for a in sweep.attacks], "seed": sweep.seed,
                     "device": sweep.device, "batch_size": sweep.batch_size, "n_examples": len(dataset)}
+    curve_spec = parse_curve(cfg.raw.get("curve"), sweep.norm)
+    if curve_spec is not None:
+        sweep.config["curve"] = curve_spec.to_json()
     return sweep
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from robustkit.stats import clopper_pearson_percent, mcnemar_exact
+
 if TYPE_CHECKING:  # pragma: no cover
     from .store import ResultStore
     from .sweep import Sweep
@@ -20,7 +22,10 @@ LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
 PER_SAMPLE_CSV = "per_sample.csv"
 BASE_COLUMNS = ["rank", "model", "dataset", "norm", "eps", "n_examples", "clean_acc", "robust_acc"]
+STATS_COLUMNS = ["clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "p_vs_next",
+                 "tied_with_next"]
 TAIL_COLUMNS = ["seconds", "flags", "attacks", "run_id"]
+SIGNIFICANCE = 0.05  # neighbours whose McNemar p-value is >= this are "tied_with_next"
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,22 @@ def suite_string(sweep: "Sweep") -> str:
     return ";".join(f"{a.label}={a.config().get('implementation', 'unknown')}" for a in sweep.attacks)
 
 
-def build_leaderboard(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJob], run_id: str) -> pd.DataFrame:
-    """One row per (dataset, model, norm, eps), ranked by robust accuracy within (dataset, norm, eps)."""
+def build_leaderboard(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJob], run_id: str,
+                      flags: dict[tuple[str, float], str] | None = None) -> pd.DataFrame:
+    """One row per (dataset, model, norm, eps), ranked by robust accuracy within (dataset, norm, eps).
+
+    ``flags`` maps (model, eps) to the row's ``flags`` cell (from :mod:`robustkit.checks`). Every accuracy
+    gets a 95% Clopper-Pearson interval; consecutive ranks of a group get an exact McNemar p-value on the
+    per-sample robust verdicts (``p_vs_next``) and ``tied_with_next`` when it is not significant at 5%.
+    """
     labels = sweep.labels
     rows = []
+    robust_vectors: dict[str, Any] = {}
     for job in jobs:
         samples = store.samples(job.job_id)
         n = len(samples)
         bits = samples["robust_after"].tolist()
+        robust_vectors[job.job_id] = samples["robust"].to_numpy(dtype=bool)
         row: dict[str, Any] = {
             "model": job.model, "dataset": sweep.dataset.name, "norm": sweep.norm, "eps": float(job.eps),
             "n_examples": n,
@@ -64,19 +77,84 @@ def build_leaderboard(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJo
         }
         for j, col in enumerate(attack_columns(labels)):
             row[col] = _percent(sum(b[j] == "1" for b in bits), n)
+        row["clean_acc_ci_low"], row["clean_acc_ci_high"] = clopper_pearson_percent(
+            int(samples["clean_correct"].sum()), n)
+        row["robust_acc_ci_low"], row["robust_acc_ci_high"] = clopper_pearson_percent(
+            int(samples["robust"].sum()), n)
+        row["_job_id"] = job.job_id
         row["seconds"] = round(store.job_seconds(job.job_id), 2)
-        row["flags"] = ""
+        row["flags"] = (flags or {}).get((job.model, float(job.eps)), "")
         row["attacks"] = suite_string(sweep)
         row["run_id"] = run_id
         rows.append(row)
     board = pd.DataFrame(rows)
     if board.empty:
-        return pd.DataFrame(columns=BASE_COLUMNS + attack_columns(labels) + TAIL_COLUMNS)
+        return pd.DataFrame(columns=BASE_COLUMNS + attack_columns(labels) + STATS_COLUMNS + TAIL_COLUMNS)
     board["_fraction"] = board["_robust_count"] / board["n_examples"]
     board["rank"] = (board.groupby(["dataset", "norm", "eps"])["_fraction"]
                      .rank(method="min", ascending=False).astype(int))
     board = board.sort_values(["dataset", "norm", "eps", "rank", "model"], kind="mergesort").reset_index(drop=True)
-    return board[BASE_COLUMNS + attack_columns(labels) + TAIL_COLUMNS]
+    _compare_neighbours(board, robust_vectors)
+    return board[BASE_COLUMNS + attack_columns(labels) + STATS_COLUMNS + TAIL_COLUMNS]
+
+
+def _compare_neighbours(board: pd.DataFrame, robust_vectors: dict[str, Any]) -> None:
+    """``p_vs_next`` / ``tied_with_next``: exact McNemar test of each row against the next rank of its group
+    (same dataset, norm and eps, hence the same samples); empty on a group's last row."""
+    p_values: list[float] = [float("nan")] * len(board)
+    tied: list[float] = [float("nan")] * len(board)  # 1.0 / 0.0 / NaN: floats survive a CSV round trip
+    keys = list(zip(board["dataset"], board["norm"], board["eps"]))
+    for i in range(len(board) - 1):
+        if keys[i] != keys[i + 1]:
+            continue
+        a, b = robust_vectors[board.at[i, "_job_id"]], robust_vectors[board.at[i + 1, "_job_id"]]
+        if a.shape != b.shape:
+            continue
+        p = mcnemar_exact(a, b).p_value
+        p_values[i] = round(p, 4)
+        tied[i] = float(p >= SIGNIFICANCE)
+    board["p_vs_next"] = p_values
+    board["tied_with_next"] = tied
+
+
+def add_defense_rows(board: pd.DataFrame, defenses: dict[str, str],
+                     certified: dict[str, tuple[list[dict[str, Any]], float]]) -> pd.DataFrame:
+    """Add the ``defense`` and ``evaluation`` columns (after ``model``) and the certified-accuracy rows.
+
+    ``defenses``: model name -> its defense's description ("" for a plain model). ``certified``: model name
+    -> (rows of :func:`robustkit.defenses.sweep.certify_cached`, seconds). Attack rows are ``empirical``;
+    each certified row is an L2 radius (in ``eps``) whose ``robust_acc`` is the certified accuracy (a lower
+    bound with probability >= 1 - alpha per example) and whose ``clean_acc`` is the smoothed classifier's
+    accuracy (certified at radius 0); its attack columns are empty. Certified rows are ranked among
+    themselves per (dataset, norm, radius), after the empirical rows in one table.
+    """
+    if board.empty:
+        return board
+    board = board.copy()
+    at = list(board.columns).index("model") + 1
+    board.insert(at, "evaluation", "empirical")
+    board.insert(at, "defense", board["model"].map(lambda m: defenses.get(m, "")))
+    rows = []
+    dataset = board["dataset"].iloc[0]
+    for model, (cert_rows, seconds) in certified.items():
+        clean = next((r["certified_acc"] for r in cert_rows if float(r["radius"]) == 0.0), float("nan"))
+        for r in cert_rows:
+            rows.append({"model": model, "defense": defenses.get(model, ""), "evaluation": "certified",
+                         "dataset": dataset, "norm": r.get("norm", "L2"), "eps": float(r["radius"]),
+                         "n_examples": int(r["n_examples"]), "clean_acc": clean, "robust_acc": r["certified_acc"],
+                         "_fraction": r["certified_count"] / r["n_examples"] if r["n_examples"] else 0.0,
+                         "seconds": round(seconds, 2),
+                         "flags": f"certify n0={r.get('n0')} n={r.get('n')} alpha={r.get('alpha')} "
+                                  f"abstained={r['abstained']}",
+                         "attacks": f"certify=smoothing(sigma={r.get('sigma')})",
+                         "run_id": board["run_id"].iloc[0]})
+    if not rows:
+        return board
+    cert = pd.DataFrame(rows)
+    cert["rank"] = cert.groupby(["dataset", "norm", "eps"])["_fraction"].rank(method="min", ascending=False).astype(int)
+    cert = cert.sort_values(["dataset", "norm", "eps", "rank", "model"], kind="mergesort")
+    cert = cert.reindex(columns=board.columns)
+    return pd.concat([board, cert], ignore_index=True)
 
 
 def build_per_sample(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJob]) -> pd.DataFrame:
@@ -116,7 +194,8 @@ def format_eps(eps: float) -> str:
 
 def to_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a markdown table (suite and run id below it, as they are the same on every row)."""
-    shown = [c for c in board.columns if c not in ("attacks", "run_id", "flags") or
+    shown = [c for c in board.columns if c not in ("attacks", "run_id", "flags", "clean_acc_ci_low",
+                                                   "clean_acc_ci_high") or
              (c == "flags" and board[c].astype(str).str.len().any())]
     lines = ["| " + " | ".join(shown) + " |",
              "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(board[c]) else "---" for c in shown) + "|"]
@@ -126,8 +205,12 @@ def to_markdown(board: pd.DataFrame) -> str:
             v = row[c]
             if c == "eps":
                 cells.append(format_eps(float(v)))
+            elif c == "tied_with_next" and isinstance(v, float):
+                cells.append("" if v != v else ("yes" if v else "no"))
+            elif c == "p_vs_next" and isinstance(v, float):
+                cells.append("" if v != v else f"{v:.4f}")
             elif isinstance(v, float):
-                cells.append(f"{v:.2f}")
+                cells.append("" if v != v else f"{v:.2f}")  # NaN: no such number (attack cells of certified rows)
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")

@@ -26,9 +26,18 @@ from robustkit.errors import RobustkitError
 from robustkit.threat import ThreatModel
 
 from . import identity
+from robustkit.checks import check_mode
+from robustkit.checks.report import write_report
+from robustkit.checks.sweep_checks import flags_by_row, sweep_checks
+from robustkit.provenance import run_provenance
+
 from .cascade import SampleState, run_cascade
+from .curve_fill import fill_curve, parse_curve
 from .devices import auto_batch_size, is_out_of_memory, release_cached_memory, resolve_device
-from .leaderboard import PlannedJob, build_leaderboard, build_per_sample, write_outputs
+from robustkit.defenses.certification import DEFAULT_RADII
+from robustkit.defenses.sweep import certify_cached, leaderboard_fields
+
+from .leaderboard import PlannedJob, add_defense_rows, build_leaderboard, build_per_sample, write_outputs
 from .progress import JobProgress
 from .store import ResultStore
 from .sweep import Sweep
@@ -44,6 +53,7 @@ class RunResult:
     out: Path
     batches_computed: int
     batches_reused: int
+    curve: pd.DataFrame | None = None  # curve.csv when the sweep asks for one (robustkit.engine.curve_fill)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -78,7 +88,7 @@ def plan_jobs(sweep: Sweep) -> list[PlannedJob]:
     attacks = [a.config() for a in sweep.attacks]
     jobs = []
     for entry in sweep.models:
-        fingerprint = identity.model_fingerprint(entry.model)
+        fingerprint = _fingerprint(entry.model)
         prev: str | None = None
         for eps in sweep.eps:
             ident = identity.job_identity(model=fingerprint, dataset_hash=sweep.dataset.content_hash,
@@ -88,6 +98,29 @@ def plan_jobs(sweep: Sweep) -> list[PlannedJob]:
             jobs.append(PlannedJob(job_id=jid, identity=ident, model=entry.name, eps=eps, prev_job_id=prev))
             prev = jid
     return jobs
+
+
+def _fingerprint(model: nn.Module) -> dict[str, Any]:
+    """The model's fingerprint, plus its defense spec (name and every parameter) when it is a defense."""
+    fingerprint = identity.model_fingerprint(model)
+    defense = leaderboard_fields(model)
+    if defense["defense_config"] is not None:
+        fingerprint["defense"] = defense["defense"]
+    return fingerprint
+
+
+def _certify_models(sweep: Sweep, out: Path, device: torch.device, radii: Any) -> dict[str, tuple[list, float]]:
+    """Certified rows of every certifiable (defended) model of the sweep, cached in ``out`` (see certify_cached)."""
+    results = {}
+    for entry in sweep.models:
+        if not getattr(entry.model, "certifiable", False):
+            continue
+        with _on_device(entry.model, device), eval_mode(entry.model):
+            results[entry.name] = certify_cached(
+                entry.model, sweep.dataset.x, sweep.dataset.y, fingerprint=_fingerprint(entry.model),
+                dataset_hash=sweep.dataset.content_hash, seed=sweep.seed, version=robustkit.__version__,
+                folder=out / "certified", radii=radii)
+    return results
 
 
 class _JobRunner:
@@ -183,8 +216,17 @@ def compute_run_id(sweep: Sweep, jobs: list[PlannedJob]) -> str:
                             "jobs": [(j.model, j.job_id) for j in jobs]})
 
 
-def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool = True) -> RunResult:
-    """Run (or resume) a sweep into the folder ``out`` and write leaderboard.csv/.md and per_sample.csv there."""
+def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool = True,
+              radii: Any = DEFAULT_RADII, checks: str = "cheap") -> RunResult:
+    """Run (or resume) a sweep into the folder ``out`` and write leaderboard.csv/.md and per_sample.csv there.
+
+    Certifiable defenses (randomized smoothing) are also certified at the L2 ``radii``; their rows join the
+    attacks' empirical rows in the leaderboard (column ``evaluation``).
+
+    ``checks`` (``cheap`` | ``full`` | ``off``): the evaluation checks run afterwards on every model
+    (docs/checks.md); they fill the ``flags`` column and ``report.md`` and never change a number.
+    """
+    checks = check_mode(checks)
     out = Path(out)
     device = resolve_device(sweep.device)
     jobs = plan_jobs(sweep)
@@ -195,6 +237,7 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
         config = sweep.config or describe_sweep(sweep)
         attempt = store.begin_run(run_id, {**config, "run_id": run_id}, robustkit.__version__, str(device))
         store.link_jobs(run_id, [(j.job_id, j.model) for j in jobs])
+        store.set_provenance(run_id, {**run_provenance(sweep, device), "checks": checks})
         runner = _JobRunner(sweep, store, run_id, attempt, device, quiet)
         try:
             for entry in sweep.models:
@@ -210,12 +253,19 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
         except BaseException:
             store.finish_run(run_id, "interrupted")
             raise
-        store.finish_run(run_id, "finished")
-        board = build_leaderboard(store, sweep, jobs, run_id)
+        certified = _certify_models(sweep, out, device, radii)
         per_sample = build_per_sample(store, sweep, jobs)
+        check_results = sweep_checks(store, sweep, run_id, per_sample, device, checks)
+        store.finish_run(run_id, "finished")
+        board = build_leaderboard(store, sweep, jobs, run_id, flags_by_row(check_results, sweep.eps))
+        board = add_defense_rows(board, {e.name: leaderboard_fields(e.model)["defense"] for e in sweep.models},
+                                 certified)
     write_outputs(out, board, per_sample)
+    write_report(out)
+    curve_spec = parse_curve((sweep.config or {}).get("curve"), sweep.norm)
+    curve = fill_curve(sweep, per_sample, curve_spec, out, device) if curve_spec is not None else None
     return RunResult(run_id=run_id, leaderboard=board, per_sample=per_sample, out=out,
-                     batches_computed=runner.computed, batches_reused=runner.reused)
+                     batches_computed=runner.computed, batches_reused=runner.reused, curve=curve)
 
 
 def _ensure_job(store: ResultStore, sweep: Sweep, job: PlannedJob, batch_size: int) -> int:

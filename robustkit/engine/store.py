@@ -7,6 +7,7 @@ missing batches. See docs/engine.md ("Results store") for the schema.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -78,6 +79,19 @@ CREATE TABLE IF NOT EXISTS batches (
     attempt INTEGER NOT NULL,
     UNIQUE (job_id, batch_index)
 );
+CREATE TABLE IF NOT EXISTS checks (
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    eps REAL,
+    fired INTEGER NOT NULL,
+    applicable INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    details TEXT NOT NULL,
+    PRIMARY KEY (run_id, model, mode, position)
+);
 CREATE TABLE IF NOT EXISTS samples (
     job_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
@@ -129,6 +143,7 @@ class ResultStore:
             self.conn.execute("PRAGMA busy_timeout=60000")
             self.conn.executescript(_SCHEMA)
             self._check_schema_version()
+            self._add_provenance_column()
         except sqlite3.DatabaseError as exc:
             raise RobustkitError(f"{self.path}: not a usable robustkit results database ({exc}); "
                                  f"run with --fresh to start over") from exc
@@ -147,6 +162,13 @@ class ResultStore:
             elif row[0] != SCHEMA_VERSION:
                 raise RobustkitError(f"{self.path}: results schema version {row[0]}, this robustkit writes "
                                      f"{SCHEMA_VERSION}; run with --fresh (or use another --out folder)")
+
+    def _add_provenance_column(self) -> None:
+        """``runs.provenance`` (JSON, docs/checks.md) was added after schema 1: add it to older stores in place."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)").fetchall()}
+        if "provenance" not in columns:
+            with self._transaction() as c:
+                c.execute("ALTER TABLE runs ADD COLUMN provenance TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -192,6 +214,48 @@ class ResultStore:
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         with self._transaction() as c:
             c.execute("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
+
+    def set_provenance(self, run_id: str, provenance: dict[str, Any]) -> None:
+        """Record the run's provenance (versions, device, data and checkpoint hashes, attack configs)."""
+        with self._transaction() as c:
+            c.execute("UPDATE runs SET provenance = ? WHERE run_id = ?", (canonical_json(provenance), run_id))
+
+    def run_record(self, run_id: str | None = None) -> dict[str, Any] | None:
+        """The runs row of ``run_id`` (default: the most recently started run), JSON columns decoded."""
+        query = "SELECT run_id, config, robustkit_version, created_at, started_at, finished_at, status, attempts, " \
+                "device, provenance FROM runs"
+        row = (self.conn.execute(query + " WHERE run_id = ?", (run_id,)).fetchone() if run_id is not None
+               else self.conn.execute(query + " ORDER BY started_at DESC LIMIT 1").fetchone())
+        if row is None:
+            return None
+        keys = ("run_id", "config", "robustkit_version", "created_at", "started_at", "finished_at", "status",
+                "attempts", "device", "provenance")
+        record = dict(zip(keys, row))
+        for key in ("config", "provenance"):
+            record[key] = json.loads(record[key]) if record[key] else None
+        return record
+
+    def store_checks(self, run_id: str, model: str, mode: str, results: Sequence[Any]) -> None:
+        """Replace the check results of (run, model, mode) with ``results`` (CheckResult rows), in order."""
+        with self._transaction() as c:
+            c.execute("DELETE FROM checks WHERE run_id = ? AND model = ? AND mode = ?", (run_id, model, mode))
+            c.executemany("INSERT INTO checks (run_id, model, mode, position, name, eps, fired, applicable, message, "
+                          "details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(run_id, model, mode, i, r.name, r.eps, int(r.fired), int(r.applicable), r.message,
+                            canonical_json(r.details)) for i, r in enumerate(results)])
+
+    def checks(self, run_id: str, model: str | None = None, mode: str | None = None) -> pd.DataFrame:
+        """Stored check results of a run (optionally of one model / mode), in the order they were run."""
+        query = "SELECT model, mode, position, name, eps, fired, applicable, message, details FROM checks " \
+                "WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if model is not None:
+            query += " AND model = ?"
+            params.append(model)
+        if mode is not None:
+            query += " AND mode = ?"
+            params.append(mode)
+        return pd.read_sql_query(query + " ORDER BY model, mode, position", self.conn, params=params)
 
     def link_jobs(self, run_id: str, jobs: Sequence[tuple[str, str]]) -> None:
         """Record which jobs (``(job_id, model display name)``, in order) make up the run."""
