@@ -216,3 +216,30 @@ def test_training_a_model_without_a_gradient_path_is_a_clear_error() -> None:
     model = Frozen()
     with pytest.raises(ConfigError, match="loss does not depend on the model's parameters"):
         train(model, torch.rand(8, 1, 2, 2), torch.randint(0, 4, (8,)), epochs=1)
+
+
+def test_eps_warmup_ramps_linearly_per_batch_then_holds() -> None:
+    from robustkit.training import _eps_scale
+
+    cfg = make_config(method="pgd", eps=0.3, epochs=4, eps_warmup=2)
+    scales = [_eps_scale(cfg, e, b, 5) for e in range(4) for b in range(5)]
+    assert scales[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert scales[10:] == [1.0] * 10
+    assert _eps_scale(make_config(method="pgd", eps=0.3), 0, 0, 5) == 1.0
+    assert "eps_warmup=2" in cfg.describe()
+    with pytest.raises(ConfigError, match="eps_warmup"):
+        make_config(method="pgd", eps=0.3, epochs=2, eps_warmup=3)
+    with pytest.raises(ConfigError, match="eps_warmup"):
+        make_config(method="standard", epochs=2, eps_warmup=1)
+
+
+def test_eps_warmup_changes_the_training_examples(digits) -> None:
+    """With warm-up, the first epoch trains on smaller perturbations: different weights from the same seed."""
+    train_set = digits[0]
+    x, y = train_set.x[:256], train_set.y[:256]
+    weights = []
+    for warmup in (0, 1):
+        model = _net()
+        train(model, x, y, method="pgd", eps=0.3, steps=3, epochs=1, batch_size=64, eps_warmup=warmup)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.equal(weights[0], weights[1])

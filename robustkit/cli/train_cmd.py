@@ -58,6 +58,8 @@ def _normalization(text: str | None) -> Any:
 @click.option("--norm", default="Linf", show_default=True, help="Linf or L2 (pgd/fgsm/trades).")
 @click.option("--steps", type=int, help="Attack steps for pgd/trades (default 10).")
 @click.option("--step-size", type=float, help="Attack step size (default 2.5*eps/steps; fgsm 1.25*eps).")
+@click.option("--eps-warmup", type=int, default=0, show_default=True,
+              help="pgd/fgsm/trades: epochs over which eps ramps linearly from 0 (helps small models at large eps).")
 @click.option("--beta", type=float, help="TRADES trade-off (default 6).")
 @click.option("--sigma", type=float, help="Noise std for method noise.")
 @click.option("--temperature", type=float, help="Distillation temperature (default 100, as in Papernot et al.).")
@@ -78,7 +80,7 @@ def _normalization(text: str | None) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
 def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, split: str | None,
           n_examples: int | None, eval_examples: int, method: str, eps: str | None, norm: str, steps: int | None,
-          step_size: float | None, beta: float | None, sigma: float | None, temperature: float | None, epochs: int,
+          step_size: float | None, eps_warmup: int, beta: float | None, sigma: float | None, temperature: float | None, epochs: int,
           batch_size: int, optimizer: str, lr: float | None, lr_schedule: str, momentum: float, weight_decay: float,
           normalization: str | None, seed: int, device: str, name: str | None, out: Path, quiet: bool) -> None:
     """Train a model and write OUT/NAME.safetensors, its model card OUT/NAME.yaml and OUT/NAME.train.json."""
@@ -105,8 +107,9 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
     if method in ("pgd", "fgsm", "trades"):
         if eps is None:
             raise ConfigError(f"--eps: required for --method {method}")
-        options.update(norm=norm, eps=parse_eps(eps, "--eps"), steps=steps, step_size=step_size)
-    elif eps is not None or steps is not None or step_size is not None:
+        options.update(norm=norm, eps=parse_eps(eps, "--eps"), steps=steps, step_size=step_size,
+                       eps_warmup=eps_warmup)
+    elif eps is not None or steps is not None or step_size is not None or eps_warmup:
         raise ConfigError(f"--eps/--steps/--step-size: only for --method pgd, fgsm or trades, not {method}")
     if beta is not None:
         if method != "trades":

@@ -137,16 +137,24 @@ def add_defense_rows(board: pd.DataFrame, defenses: dict[str, str],
     rows = []
     dataset = board["dataset"].iloc[0]
     for model, (cert_rows, seconds) in certified.items():
-        clean = next((r["certified_acc"] for r in cert_rows if float(r["radius"]) == 0.0), float("nan"))
+        at_zero = next((r for r in cert_rows if float(r["radius"]) == 0.0), None)
+        clean = at_zero["certified_acc"] if at_zero else float("nan")
+        clean_ci = (clopper_pearson_percent(int(at_zero["certified_count"]), int(at_zero["n_examples"]))
+                    if at_zero else (float("nan"), float("nan")))
         for r in cert_rows:
+            n = int(r["n_examples"])
+            robust_ci = clopper_pearson_percent(int(r["certified_count"]), n)
             rows.append({"model": model, "defense": defenses.get(model, ""), "evaluation": "certified",
                          "dataset": dataset, "norm": r.get("norm", "L2"), "eps": float(r["radius"]),
-                         "n_examples": int(r["n_examples"]), "clean_acc": clean, "robust_acc": r["certified_acc"],
-                         "_fraction": r["certified_count"] / r["n_examples"] if r["n_examples"] else 0.0,
+                         "n_examples": n, "clean_acc": clean, "robust_acc": r["certified_acc"],
+                         "clean_acc_ci_low": clean_ci[0], "clean_acc_ci_high": clean_ci[1],
+                         "robust_acc_ci_low": robust_ci[0], "robust_acc_ci_high": robust_ci[1],
+                         "_fraction": r["certified_count"] / n if n else 0.0,
                          "seconds": round(seconds, 2),
-                         "flags": f"certify n0={r.get('n0')} n={r.get('n')} alpha={r.get('alpha')} "
-                                  f"abstained={r['abstained']}",
-                         "attacks": f"certify=smoothing(sigma={r.get('sigma')})",
+                         "flags": "",
+                         # The certification settings are the "attack parameters" of a certified row.
+                         "attacks": f"certify=smoothing(sigma={r.get('sigma')}) n0={r.get('n0')} n={r.get('n')} "
+                                    f"alpha={r.get('alpha')} abstained={r['abstained']}",
                          "run_id": board["run_id"].iloc[0]})
     if not rows:
         return board
