@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from robustkit.errors import ConfigError, did_you_mean
-from robustkit.predict import DEFAULT_VOTE_PASSES, is_randomized, predict
+from robustkit.predict import DEFAULT_VOTE_PASSES, is_randomized, model_device, predict
 from robustkit.registry import Registry
 from robustkit.threat import ThreatModel, check_budget, project
 
@@ -78,14 +78,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, was_training in states:
             m.training = was_training
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 class Attack:
@@ -168,7 +160,7 @@ class Attack:
                  target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> AttackResult:
         if threat.norm not in self.norms:
             raise ConfigError(f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm}")
-        device = _model_device(model)
+        device = model_device(model)
         x = x.detach().to(device=device, dtype=torch.float32)
         y = y.detach().to(device=device, dtype=torch.long)
         eps = threat.eps_tensor(x.shape[0], device)

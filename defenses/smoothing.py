@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from robustkit.attacks import eval_mode
 from robustkit.errors import ConfigError
+from robustkit.predict import model_device
 
 from .base import Defense, register_defense
 from .certification import (DEFAULT_RADII, CertifyResult, abstaining_prediction, certified_accuracy,
@@ -118,7 +119,7 @@ class RandomizedSmoothing(Defense):
                 batch_size: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Cohen's PREDICT: the smoothed class, or -1 (abstain) when the binomial test is not significant."""
         s = self._settings({"n": n, "alpha": alpha, "batch_size": batch_size})
-        x = x.to(_device_of(self.model), torch.float32)
+        x = x.to(model_device(self.model), torch.float32)
         with eval_mode(self.model):
             counts = sample_counts(self.model, x, s["n"], self.sigma, batch_size=s["batch_size"], generator=generator)
         return abstaining_prediction(counts, s["alpha"])
@@ -127,7 +128,7 @@ class RandomizedSmoothing(Defense):
                 batch_size: int | None = None, generator: torch.Generator | None = None) -> CertifyResult:
         """Cohen's CERTIFY for each input: prediction (-1 = abstain) and certified L2 radius."""
         s = self._settings({"n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size})
-        x = x.to(_device_of(self.model), torch.float32)
+        x = x.to(model_device(self.model), torch.float32)
         with eval_mode(self.model):
             selection = sample_counts(self.model, x, s["n0"], self.sigma, batch_size=s["batch_size"],
                                       generator=generator)
@@ -161,10 +162,3 @@ def _check_sampling(who: str, s: dict[str, Any]) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise ConfigError(f"{who}: alpha: expected a number in (0, 1), got {alpha!r}")
 
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")

@@ -24,6 +24,19 @@ NO_MAJORITY = -1
 _DETECTED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer; CPU for a model with neither).
+
+    Attacks, training, checks and the engine all move inputs to where the model already is, rather than
+    taking a device argument that could disagree with it.
+    """
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
 def detected_randomized(model: nn.Module) -> bool | None:
     """The cached detection result for ``model`` (None if it was never probed)."""
     try:

@@ -40,6 +40,7 @@ from torch import nn
 from robustkit.attacks import eval_mode
 from robustkit.attacks._steps import random_start, steepest_direction
 from robustkit.errors import ConfigError, did_you_mean
+from robustkit.predict import model_device
 from robustkit.predict import predict
 from robustkit.threat import canonical_norm, project
 
@@ -193,14 +194,6 @@ def make_config(config: TrainConfig | None = None, **options: Any) -> TrainConfi
     return TrainConfig(**merged)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _check_data(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> None:
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
         raise ConfigError("training data: x must be a floating-point tensor of images (N, C, H, W) in [0, 1]")
@@ -317,7 +310,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     """
     cfg = make_config(config, **options)
     _check_data(x, y, cfg)
-    device = _device_of(model)
+    device = model_device(model)
     n = x.shape[0]
     batches_per_epoch = math.ceil(n / cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -363,7 +356,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Clean accuracy in [0, 1] in eval mode (majority vote for randomized models, see robustkit.predict)."""
-    device = _device_of(model)
+    device = model_device(model)
     correct = 0
     with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):

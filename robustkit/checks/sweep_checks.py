@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from robustkit.attacks import eval_mode
+from robustkit.predict import model_device
 
 from . import OFF, CheckContext, CheckResult, check_mode, row_flags, run_checks
 
@@ -24,17 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from robustkit.engine.sweep import Sweep
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _prepared(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    original = _device_of(model)
+    original = model_device(model)
     model.to(device)
     devices = [device] if device.type == "cuda" else []
     try:

@@ -23,6 +23,7 @@ from torch import nn
 import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.errors import RobustkitError
+from robustkit.predict import model_device
 from robustkit.threat import ThreatModel
 
 from . import identity
@@ -56,18 +57,10 @@ class RunResult:
     curve: pd.DataFrame | None = None  # curve.csv when the sweep asks for one (robustkit.engine.curve_fill)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """Move the model to ``device`` for its jobs and back afterwards (frees the GPU for the next model)."""
-    original = _model_device(model)
+    original = model_device(model)
     model.to(device)
     try:
         yield model
