@@ -28,7 +28,7 @@ def test_quickstart_end_to_end(tmp_path):
     print(f"quickstart took {seconds:.1f} s")  # reported in the engine's hand-over notes
     assert proc.returncode == 0, proc.stderr
     # stdout: only the leaderboard table; stderr: progress bars with the robust count
-    assert proc.stdout.startswith("| rank | model | defense | evaluation | dataset | norm | eps |")
+    assert proc.stdout.startswith("| rank | model | dataset | norm | eps |")
     assert "robust=" in proc.stderr and "sample" in proc.stderr
     board = pd.read_csv(tmp_path / "runs" / "quickstart" / "leaderboard.csv")
     assert sorted(board["model"].unique()) == sorted(DIGITS_MODEL_NAMES)

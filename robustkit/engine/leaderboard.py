@@ -202,9 +202,19 @@ def format_eps(eps: float) -> str:
 
 def to_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a markdown table (suite and run id below it, as they are the same on every row)."""
-    shown = [c for c in board.columns if c not in ("attacks", "run_id", "flags", "clean_acc_ci_low",
-                                                   "clean_acc_ci_high") or
-             (c == "flags" and board[c].astype(str).str.len().any())]
+    def has_text(c: str) -> bool:
+        return bool(board[c].fillna("").astype(str).str.len().any())
+
+    # The CSV keeps every column; the printed table drops the ones that say nothing in this run (no flag
+    # fired, no defended model, no certified row) so that the common case stays readable in a terminal.
+    hidden = {"attacks", "run_id", "clean_acc_ci_low", "clean_acc_ci_high"}
+    if "flags" in board.columns and not has_text("flags"):
+        hidden.add("flags")
+    if "defense" in board.columns and not has_text("defense"):
+        hidden.add("defense")
+    if "evaluation" in board.columns and board["evaluation"].fillna("empirical").eq("empirical").all():
+        hidden.add("evaluation")
+    shown = [c for c in board.columns if c not in hidden]
     lines = ["| " + " | ".join(shown) + " |",
              "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(board[c]) else "---" for c in shown) + "|"]
     for _, row in board.iterrows():
