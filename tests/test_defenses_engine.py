@@ -124,3 +124,21 @@ def test_evaluate_accepts_a_defended_model_and_certifies(lenet5_clean, mnist_tes
     assert board["evaluation"].tolist() == ["empirical", "certified", "certified"]
     assert set(board["defense"]) == {smoothed.describe()}
     assert board["robust_acc"].iloc[1] >= board["robust_acc"].iloc[2]
+
+
+def test_certified_radii_come_from_the_config(defended_run, tmp_path):
+    """``certified_radii`` replaces the default radii of the certified rows; bad values are one-line errors."""
+    data = yaml.safe_load(defended_run["cfg"].read_text())
+    data["models"] = [m for m in data["models"] if isinstance(m, dict) and m.get("name") == "clean-smoothed"]
+    data["certified_radii"] = [0.3, 0]
+    cfg = tmp_path / "radii.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["eval", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv", keep_default_na=False)
+    cert = board[board["evaluation"] == "certified"]
+    assert [float(e) for e in cert["eps"]] == [0.0, 0.3]
+    for bad in ([], [-0.1], "0.5", [0.1, 0.1]):
+        data["certified_radii"] = bad
+        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        with pytest.raises(ConfigError, match="certified_radii: expected a list of distinct L2 radii"):
+            load_config(cfg)

@@ -17,6 +17,7 @@ import click
 import yaml
 
 from robustkit.errors import ConfigError
+from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.engine.config import load_config, parse_config, resolve_config
 from robustkit.engine.identity import canonical_json, sha256_text
 from robustkit.engine.leaderboard import LEADERBOARD_CSV, PER_SAMPLE_CSV, to_markdown
@@ -112,6 +113,8 @@ def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_e
         sweep = quickstart_sweep(device=device or "auto", n_examples=n_examples, batch_size=batch_size,
                                  seed=0 if seed is None else seed)
         target = out or QUICKSTART_OUT
-    mode = checks or (cfg.checks if config_path is not None or adhoc else "cheap")
-    result = run_sweep(sweep, target, fresh=fresh, quiet=quiet, checks=mode)
+    from_config = config_path is not None or adhoc
+    mode = checks or (cfg.checks if from_config else "cheap")
+    radii = cfg.certified_radii if from_config else DEFAULT_RADII
+    result = run_sweep(sweep, target, fresh=fresh, quiet=quiet, checks=mode, radii=radii)
     _report(result, quiet)

@@ -8,6 +8,7 @@ root, checkpoints, model cards, output) resolve against the folder of the config
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,13 @@ from robustkit.threat import canonical_norm
 
 from .curve_fill import parse_curve
 from robustkit.checks import check_mode
+from robustkit.defenses.certification import DEFAULT_RADII
 
 from .devices import resolve_device
 from .sweep import ModelEntry, Sweep, build_suite, check_suite, eps_list
 
 CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output", "curve",
-               "checks")
+               "checks", "certified_radii")
 THREAT_KEYS = ("norm", "eps")
 # Model-entry keys the engine itself reads (defenses: robustkit.defenses.sweep); every other key of a model
 # entry must be a model-card key (robustkit.zoo.cards.CARD_KEYS).
@@ -49,10 +51,21 @@ class SweepConfig:
     batch_size: int | None = None
     output: Path | None = None
     checks: str = "cheap"           # evaluation checks: cheap | full | off (docs/checks.md)
+    certified_radii: tuple[float, ...] = DEFAULT_RADII  # L2 radii of certified rows (certifiable defenses)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {message}")
+
+
+def _parse_radii(value: Any, source: str) -> tuple[float, ...]:
+    """``certified_radii``: a non-empty list of distinct L2 radii >= 0 (sorted), e.g. [0, 0.25, 0.5]."""
+    ok = (isinstance(value, (list, tuple)) and len(value) > 0 and
+          all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in value))
+    if not ok or len(set(value)) != len(value):
+        raise ConfigError(f"{source}: certified_radii: expected a list of distinct L2 radii >= 0, e.g. "
+                          f"[0, 0.25, 0.5], got {value!r}")
+    return tuple(sorted(float(r) for r in value))
 
 
 def _type_name(value: Any) -> str:
@@ -211,6 +224,7 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         norm=norm, eps=eps, attacks=list(attacks), seed=int(seed or 0), device=device.strip(),
         batch_size=batch_size, output=_path(output, base_dir) if output else None, raw=dict(data),
         checks=check_mode(data.get("checks"), f"{source}: checks"),
+        certified_radii=_parse_radii(data.get("certified_radii", DEFAULT_RADII), source),
     )
     # unknown attack names/parameters, duplicate labels and unsupported norms fail here, before any loading
     try:
