@@ -62,8 +62,13 @@ def _adhoc_config(models: tuple[str, ...], dataset: str | None, root: str | None
 
 def _report(result: RunResult, quiet: bool) -> None:
     click.echo(to_markdown(result.leaderboard), nl=False)
-    click.echo(f"wrote {result.out / LEADERBOARD_CSV}, {result.out / PER_SAMPLE_CSV} and {result.out / 'report.md'} "
-               f"({result.batches_computed} batches computed, {result.batches_reused} reused)", err=True)
+    names = [LEADERBOARD_CSV, "leaderboard.md", PER_SAMPLE_CSV, "report.md"]
+    if result.curve is not None:
+        names += ["curve.csv", "curve.png"]  # the PNG only where matplotlib is installed
+    files = [str(result.out / n) for n in names if (result.out / n).is_file()]
+    listed = ", ".join(files[:-1]) + f" and {files[-1]}" if len(files) > 1 else "".join(files)
+    click.echo(f"wrote {listed} ({result.batches_computed} batches computed, {result.batches_reused} reused)",
+               err=True)
 
 
 @click.command("eval")
