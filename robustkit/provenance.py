@@ -50,12 +50,17 @@ def environment(device: torch.device | str) -> dict[str, Any]:
 
 
 def checkpoint_sha256(model: nn.Module) -> str | None:
-    """sha256 of the checkpoint file the model (or a wrapped model inside it, e.g. a defense's) was loaded from."""
+    """sha256 of the checkpoint file(s) the model, or the models wrapped inside it, were loaded from.
+
+    A defense wraps its model, an ensemble several: every distinct checkpoint is listed (comma-separated, in
+    module order), so an ensemble's provenance names each member's weights, not only the first.
+    """
+    shas: list[str] = []
     for module in model.modules():
         sha = getattr(module, "robustkit_checkpoint_sha256", None)
-        if sha:
-            return str(sha)
-    return None
+        if sha and str(sha) not in shas:
+            shas.append(str(sha))
+    return ",".join(shas) or None
 
 
 def run_provenance(sweep: "Sweep", device: torch.device | str) -> dict[str, Any]:

@@ -42,6 +42,9 @@ def test_run_records_provenance_and_report_prints_it(tmp_path, capsys) -> None:
     assert prov["attacks"][0]["name"] == "fgsm" and prov["attacks"][0]["loss"] == "ce"
     assert prov["environment"]["torch"] == torch.__version__ and prov["checks"] == "cheap"
     assert checkpoint_sha256(nn.Sequential(model)) == "ab" * 32  # found through a wrapper
+    other = nn.Linear(2, 2)
+    other.robustkit_checkpoint_sha256 = "cd" * 32
+    assert checkpoint_sha256(nn.ModuleList([model, other, model])) == "ab" * 32 + "," + "cd" * 32  # every member
     report = (tmp_path / "report.md").read_text()
     assert res.run_id in report and "checkpoint sha256 `" + "ab" * 32 in report
     capsys.readouterr()
