@@ -218,3 +218,38 @@ def test_check_mode_validation() -> None:
         parse_config(raw, source="sweep.yaml", base_dir=__import__("pathlib").Path("."))
     assert parse_config({**raw, "checks": "full"}, source="s.yaml", base_dir=__import__("pathlib").Path(".")).checks \
         == "full"
+
+
+def test_autoattack_square_after_its_gradient_components_is_flagged() -> None:
+    """AutoAttack's own Square breaking what its APGD/FAB could not is AutoAttack's masking flag."""
+    model = _linear()
+    x, y = _data()
+    broken = ["autoattack:square", "autoattack:apgd-ce"] + [""] * (N - 2)
+    per_sample = _per_sample(model, x, y, broken_by=[broken])
+    results = check_blackbox_beats_whitebox(_ctx(model, ["autoattack"], per_sample=per_sample))
+    assert _fired(results) and results[0].details["samples"] == 1
+
+
+def test_engine_stores_which_autoattack_component_broke_a_sample() -> None:
+    """Through the cascade: a step-function model (no gradient anywhere) falls only to Square."""
+    from robustkit.engine.cascade import run_cascade
+    from robustkit.threat import ThreatModel
+
+    class Staircase(nn.Module):  # logits of a quantised input: zero gradient almost everywhere
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = _linear()
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.inner(torch.round(z * 2) / 2)  # torch.round has a zero gradient
+
+    model = Staircase().eval()
+    x, y = _data()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every sample clean-correct
+    aa = build_attack({"name": "autoattack", "version": "custom", "attacks_to_run": ["apgd-ce", "square"],
+                       "seed": 0})
+    state = run_cascade(model, x[:12], y[:12], [aa], ThreatModel("Linf", 0.3), generator=torch.Generator().manual_seed(0))
+    parts = {b for b in state.broken_by if b}
+    assert parts and parts <= {"autoattack:square", "autoattack:apgd-ce"}
+    assert "autoattack:square" in parts

@@ -22,6 +22,7 @@ PROBE = 16            # samples probed for randomness / dynamics
 PASSES = 3
 PROB_ATOL = 1e-4      # |row sum - 1| tolerated for "probabilities"
 BLACKBOX_KINDS = ("score-based", "decision-based", "transfer")
+BLACKBOX_COMPONENTS = ("square",)  # AutoAttack's score-based component (after APGD/FAB in every version)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -105,6 +106,9 @@ def check_blackbox_beats_whitebox(ctx: CheckContext) -> list[CheckResult]:
     kinds = [a.kind for a in ctx.attacks]
     late_blackbox = [a.label for j, a in enumerate(ctx.attacks)
                      if a.kind in BLACKBOX_KINDS and "white-box" in kinds[:j]]
+    # An ensemble attack (AutoAttack) runs its score-based component (Square) after its gradient ones; the
+    # engine stores the breaking component as "<label>:<component>".
+    late_blackbox += [f"{a.label}:{c}" for a in ctx.attacks if a.name == "autoattack" for c in BLACKBOX_COMPONENTS]
     if not late_blackbox:
         return [CheckResult("blackbox-beats-whitebox", False, "no score-based/transfer attack after a white-box "
                             "attack in the suite", applicable=False)]

@@ -64,7 +64,8 @@ def check_iterative_vs_single_step(ctx: CheckContext) -> list[CheckResult]:
         single_res = run_on(ctx, single, eps, "single-step", rows["index"].astype(int).tolist())
         assert single_res is not None
         single_robust = int((~single_res.success.cpu().bool()).sum())
-        others = rows[(rows["robust"] == 0) & (rows["broken_by"] != iterative.label)]
+        breaker = rows["broken_by"].fillna("").astype(str).str.split(":").str[0]  # "<label>:<component>" -> label
+        others = rows[(rows["robust"] == 0) & (breaker != iterative.label)]
         rerun = run_on(ctx, iterative, eps, "iterative-on-others", others["index"].astype(int).tolist())
         it_robust = int((rows["robust"] == 1).sum())
         if rerun is not None:

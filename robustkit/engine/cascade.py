@@ -120,6 +120,18 @@ def _inherited_state(prior: SampleState, n_attacks: int) -> SampleState:
     )
 
 
+def _component_names(result: object, n: int) -> list[str | None] | None:
+    """Which part of an ensemble attack broke each sample (AutoAttack's ``info["broken_by"]``), if it says.
+
+    Stored as ``<label>:<component>`` in ``broken_by`` so that the checks can see, for instance, that
+    AutoAttack's score-based Square broke a sample its gradient components could not (a masking sign).
+    """
+    parts = (getattr(result, "info", None) or {}).get("broken_by")
+    if not isinstance(parts, list) or len(parts) != n:
+        return None
+    return [p if isinstance(p, str) and p != CLEAN else None for p in parts]
+
+
 def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], threat: ThreatModel,
                 *, prior: SampleState | None = None, generator: torch.Generator | None = None) -> SampleState:
     """Evaluate one batch (already on the model's device, model in eval mode) at one eps.
@@ -148,8 +160,10 @@ def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seq
             pred = predict(model, x_adv)
             broke = (pred != ys).cpu()
             broke_idx = idx[broke].tolist()
-            for i, p, nrm in zip(broke_idx, pred.cpu()[broke].tolist(), norms.cpu()[broke].tolist()):
-                state.broken_by[i] = attack.label
+            parts = _component_names(result, len(idx))
+            part_of = [parts[k] for k in broke.nonzero().squeeze(1).tolist()] if parts else [None] * len(broke_idx)
+            for i, p, nrm, part in zip(broke_idx, pred.cpu()[broke].tolist(), norms.cpu()[broke].tolist(), part_of):
+                state.broken_by[i] = f"{attack.label}:{part}" if part else attack.label
                 state.broken_at_eps[i] = float(eps) if not isinstance(eps, torch.Tensor) else float(eps[i])
                 state.adv_pred[i] = int(p)
                 state.adv_norm[i] = float(nrm)
