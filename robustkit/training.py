@@ -40,8 +40,7 @@ from torch import nn
 from robustkit.attacks import eval_mode
 from robustkit.attacks._steps import random_start, steepest_direction
 from robustkit.errors import ConfigError, did_you_mean
-from robustkit.predict import model_device
-from robustkit.predict import predict
+from robustkit.predict import model_device, predict
 from robustkit.threat import canonical_norm, project
 
 METHODS = ("standard", "noise", "pgd", "fgsm", "trades")
