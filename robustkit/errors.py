@@ -7,7 +7,7 @@ Every problem a user can fix (a bad config value, a missing file, a corrupted ch
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class RobustkitError(Exception):
@@ -37,6 +37,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def check_keys(data: Iterable[Any], allowed: Iterable[str], prefix: str) -> None:
+    """One-line error for the first key of ``data`` not in ``allowed``: "<prefix>unknown key 'x' (did you
+    mean ...); allowed: ...". Every config, card and spec parser uses it, so typos read the same everywhere."""
+    allowed = tuple(allowed)
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}unknown key {key!r}{did_you_mean(str(key), allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:

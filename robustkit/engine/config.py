@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from robustkit.errors import ConfigError, RobustkitError, did_you_mean
+from robustkit.errors import ConfigError, RobustkitError, check_keys
 from robustkit.threat import canonical_norm
 
 from .curve_fill import parse_curve
@@ -73,10 +73,7 @@ def _type_name(value: Any) -> str:
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str, source: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"{source}: {where}unknown key {key!r}{did_you_mean(str(key), allowed)}; "
-                              f"allowed: {', '.join(allowed)}")
+    check_keys(data, allowed, f"{source}: {where}")
 
 
 def _int(value: Any, key: str, source: str, *, positive: bool = False, optional: bool = False) -> int | None:

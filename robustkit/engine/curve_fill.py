@@ -34,7 +34,7 @@ import torch
 
 from robustkit.attacks import Attack, build_attack, eval_mode
 from robustkit.curves import full_robust_accuracy_curve, robust_accuracy_curve
-from robustkit.errors import ConfigError, RobustkitError, did_you_mean
+from robustkit.errors import ConfigError, RobustkitError, check_keys
 from robustkit.predict import predict
 from robustkit.threat import ThreatModel, parse_eps, validate_eps
 
@@ -83,10 +83,7 @@ def parse_curve(value: Any, norm: str | None = None, where: str = "curve") -> Cu
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a mapping {{attack, eps, points}} or an attack name, "
                           f"got {type(value).__name__}")
-    for key in value:
-        if key not in CURVE_KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), CURVE_KEYS)}; "
-                              f"allowed: {', '.join(CURVE_KEYS)}")
+    check_keys(value, CURVE_KEYS, f"{where}: ")
     points = value.get("points", DEFAULT_POINTS)
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
         raise ConfigError(f"{where}.points: expected an integer >= 2, got {points!r}")

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from robustkit.errors import ConfigError, did_you_mean, unknown_name
+from robustkit.errors import ConfigError, check_keys, unknown_name
 from robustkit.threat import canonical_norm, parse_eps
 
 from .arch_registry import ARCHS
@@ -119,10 +119,7 @@ def _checkpoint(value: Any, where: str, base_dir: Path | None) -> CheckpointSpec
         return CheckpointSpec(path=p if p.is_absolute() else (base / p))
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: checkpoint: expected a path or a mapping with file/sha256/url, got {value!r}")
-    for k in value:
-        if k not in CHECKPOINT_KEYS:
-            raise ConfigError(f"{where}: checkpoint: unknown key {k!r}{did_you_mean(k, CHECKPOINT_KEYS)}; "
-                              f"allowed: {', '.join(CHECKPOINT_KEYS)}")
+    check_keys(value, CHECKPOINT_KEYS, f"{where}: checkpoint: ")
     for k in ("path", "url", "sha256", "file", "key"):
         if value.get(k) is not None and not isinstance(value[k], str):
             raise ConfigError(f"{where}: checkpoint.{k}: expected a string, got {value[k]!r}")
@@ -161,10 +158,7 @@ def parse_card(data: Any, *, origin: str, base_dir: Path | None = None, path: Pa
     where = origin
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of card fields, got {type(data).__name__}")
-    for k in data:
-        if k not in CARD_KEYS:
-            raise ConfigError(f"{where}: unknown key {k!r}{did_you_mean(str(k), CARD_KEYS)}; "
-                              f"allowed: {', '.join(CARD_KEYS)}")
+    check_keys(data, CARD_KEYS, f"{where}: ")
     for k in REQUIRED_KEYS:
         if not isinstance(data.get(k), str) or not data[k].strip():
             raise ConfigError(f"{where}: {k}: required, expected a non-empty string, got {data.get(k)!r}")

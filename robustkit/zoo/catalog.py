@@ -41,15 +41,22 @@ def read_zoo_dir(folder: str | os.PathLike) -> list[ModelCard]:
 def collect_cards(zoo_dirs: Iterable[str | os.PathLike] = ()) -> dict[str, ModelCard]:
     """Name (lower case) -> card for the built-in zoo plus ``zoo_dirs`` (user cards shadow built-ins)."""
     cards = {c.name.lower(): c for c in read_zoo_dir(builtin_cards_dir())}
-    from_user: dict[str, ModelCard] = {}
+    cards.update({card.name.lower(): card for _, card in _user_cards(zoo_dirs)})
+    return cards
+
+
+def _user_cards(zoo_dirs: Iterable[str | os.PathLike]) -> list[tuple[str | os.PathLike, ModelCard]]:
+    """(folder, card) for every card of the user's folders; a name defined twice is a one-line error."""
+    seen: dict[str, ModelCard] = {}
+    out = []
     for folder in zoo_dirs:
         for card in read_zoo_dir(folder):
             key = card.name.lower()
-            if key in from_user:
-                raise ConfigError(f"zoo name {card.name!r} is defined twice: {from_user[key].origin} and {card.origin}")
-            from_user[key] = card
-    cards.update(from_user)
-    return cards
+            if key in seen:
+                raise ConfigError(f"zoo name {card.name!r} is defined twice: {seen[key].origin} and {card.origin}")
+            seen[key] = card
+            out.append((folder, card))
+    return out
 
 
 def find_card(name: str, zoo_dirs: Iterable[str | os.PathLike] = ()) -> ModelCard:
@@ -85,15 +92,10 @@ def list_entries(zoo_dirs: Iterable[str | os.PathLike] = (), *, weights_dir: str
                for c in read_zoo_dir(builtin_cards_dir())]
     if include_digits:
         entries += _digits_entries()
-    seen: dict[str, ModelCard] = {}
-    for folder in zoo_dirs:
-        for card in read_zoo_dir(folder):
-            key = card.name.lower()
-            if key in seen:
-                raise ConfigError(f"zoo name {card.name!r} is defined twice: {seen[key].origin} and {card.origin}")
-            seen[key] = card
-            entries = [e for e in entries if e.card.name.lower() != key or e.group != "built-in"]
-            entries.append(ZooEntry(card, checkpoint_status(card, weights_dir=weights_dir), str(folder)))
+    for folder, card in _user_cards(zoo_dirs):
+        key = card.name.lower()
+        entries = [e for e in entries if e.card.name.lower() != key or e.group != "built-in"]
+        entries.append(ZooEntry(card, checkpoint_status(card, weights_dir=weights_dir), str(folder)))
     return entries
 
 
