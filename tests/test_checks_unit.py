@@ -157,6 +157,9 @@ def test_unconstrained_attack_failure_on_rounded_model() -> None:
     ctx = _ctx(Rounded(), attacks=[{"name": "pgd", "steps": 10}])
     assert _fired(check_unconstrained(ctx))
     assert not _fired(check_unconstrained(_ctx(_linear(), attacks=[{"name": "pgd", "steps": 10}])))
+    # a step size tuned for a small eps (10 x 0.005 reaches only 0.05) must not make the unbounded run fail
+    small_steps = _ctx(_linear(), attacks=[{"name": "pgd", "steps": 10, "step_size": 0.005}])
+    assert not _fired(check_unconstrained(small_steps))
 
 
 class FakeSquare(Attack):

@@ -143,8 +143,11 @@ def check_unconstrained(ctx: CheckContext) -> list[CheckResult]:
     if ctx.norm not in base.norms:
         return [CheckResult("unconstrained-failure", False, f"{base.label} does not support {ctx.norm}",
                             applicable=False)]
-    # from the clean point: a random start inside an unbounded ball is a random image, which "succeeds" by luck
-    attack = rebuild(base, random_start=False, restarts=1)
+    # From the clean point: a random start inside an unbounded ball is a random image, which "succeeds" by luck.
+    # An absolute step size tuned for the sweep's eps (e.g. 40 x 0.01) cannot cross the unbounded ball and
+    # would flag a sound attack, so the steps scale with the unbounded eps instead (the attack's own
+    # 2.5 * eps / steps rule, or its rel_step_size).
+    attack = rebuild(base, random_start=False, restarts=1, step_size=None)
     x, _ = ctx.clean_correct_subset(FULL_SUBSET)
     if x.shape[0] == 0:
         return [CheckResult("unconstrained-failure", False, "no correctly classified sample", applicable=False)]
