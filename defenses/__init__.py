@@ -11,11 +11,12 @@ entry-point group, e.g. in their ``pyproject.toml``::
 See docs/defenses.md and docs/write-your-own-defense.md.
 """
 from .base import (DEFENSES, Defense, build_defense, check_defense_spec, check_params, get_defense_class,
-                   list_defenses, register_defense)
+                   list_defenses, register_defense, sample_hashes)
 from .certification import (ABSTAIN, DEFAULT_RADII, CertifyResult, certified_accuracy, certified_counts,
                             certified_rows, clopper_pearson_lower)
 from .distillation import DefensiveDistillation
 from .ensemble import AGGREGATIONS, Ensemble, crossmax
+from .mixednuts import MixedNUTS, nuts_transform
 from .smoothing import RandomizedSmoothing, sample_counts
 from .transforms import (JPEG, BitDepth, BitDepthDefense, GaussianNoise, GaussianNoiseDefense, InputTransform,
                          JPEGDefense, MedianFilter, MedianFilterDefense, TransformDefense)
@@ -23,8 +24,8 @@ from .transforms import (JPEG, BitDepth, BitDepthDefense, GaussianNoise, Gaussia
 __all__ = [
     "ABSTAIN", "AGGREGATIONS", "DEFAULT_RADII", "DEFENSES", "JPEG", "BitDepth", "BitDepthDefense", "CertifyResult",
     "Defense", "DefensiveDistillation", "Ensemble", "GaussianNoise", "GaussianNoiseDefense", "InputTransform",
-    "JPEGDefense", "MedianFilter", "MedianFilterDefense", "RandomizedSmoothing", "TransformDefense",
+    "JPEGDefense", "MedianFilter", "MedianFilterDefense", "MixedNUTS", "RandomizedSmoothing", "TransformDefense",
     "build_defense", "certified_accuracy", "certified_counts", "certified_rows", "check_defense_spec",
-    "check_params", "clopper_pearson_lower", "crossmax", "get_defense_class", "list_defenses",
-    "register_defense", "sample_counts",
+    "check_params", "clopper_pearson_lower", "crossmax", "nuts_transform", "get_defense_class", "list_defenses",
+    "register_defense", "sample_counts", "sample_hashes",
 ]

@@ -12,6 +12,12 @@ it declares the facts an honest evaluation needs, instead of leaving the evaluat
   leaderboard can say so.
 * ``certifiable`` -- it can prove robustness (:meth:`Defense.certify`), e.g. randomized smoothing; such
   numbers are reported as *certified*, beside the empirical robust accuracy of attacks.
+* ``adaptive_attacks`` -- the attacks its paper (or its author) says it must be evaluated with, as attack
+  specs. The evaluator (:class:`robustkit.engine.sweep.Sweep`) adds every declared attack the suite lacks,
+  so a sweep that names only FGSM still runs the defense's adaptive attack. Together with its gradient path
+  (BPDA parts, EOT) this is the whole "how to attack me" declaration of a defense.
+* ``held_out`` -- per-sample hashes (:func:`sample_hashes`) of data the defense was fitted or calibrated on;
+  the evaluator refuses to evaluate on any of them (a calibration split must stay apart from the test set).
 
 Defenses are registered by name (``@register_defense("my-defense")``) or through the ``robustkit.defenses``
 entry-point group, configured with keyword parameters validated against ``defaults`` (so a typo in a sweep
@@ -19,6 +25,7 @@ config is a one-line error), and built with :func:`build_defense`. See docs/writ
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -99,6 +106,8 @@ class Defense(nn.Module):
     takes_members: ClassVar[bool] = False
     min_members: ClassVar[int] = 2
     certifiable: ClassVar[bool] = False
+    # attack specs (as for robustkit.attacks.build_attack) this defense must be evaluated with; see the module doc
+    adaptive_attacks: ClassVar[tuple[Any, ...]] = ()
 
     def __init__(self, model_or_models: "nn.Module | Sequence[nn.Module]", **params: Any) -> None:
         super().__init__()
@@ -113,6 +122,7 @@ class Defense(nn.Module):
                 raise ConfigError(f"{self.who}: takes exactly one model, got {len(models)} "
                                   f"(combine several models with the 'ensemble' defense)")
             self.model = models[0]
+        self.held_out: frozenset[str] = frozenset()  # sample_hashes of fitting/calibration data
         self.validate()
 
     # ----------------------------------------------------------------------------------- declarations
@@ -174,6 +184,11 @@ class Defense(nn.Module):
             cfg["members"] = len(self.members)
         return cfg
 
+    def provenance(self) -> dict[str, Any]:
+        """What a run's provenance records about this defense: its config plus facts of its fitting
+        (subclasses add e.g. their calibration split); JSON-serialisable."""
+        return self.config()
+
     def describe(self) -> str:
         """One short line for the leaderboard, e.g. ``smoothing(sigma=0.25, n=100000, alpha=0.001)``."""
         cfg = self.config()
@@ -198,6 +213,34 @@ def _as_model_list(model_or_models: Any, who: str) -> list[nn.Module]:
         if not isinstance(m, nn.Module):
             raise ConfigError(f"{who}: model {i} is a {type(m).__name__}, not a torch nn.Module")
     return models
+
+
+def sample_hashes(x: torch.Tensor) -> list[str]:
+    """sha256 (first 16 hex digits) of each image as float32 bytes: identifies samples across datasets and loaders."""
+    flat = x.detach().to("cpu", torch.float32).contiguous().reshape(x.shape[0], -1)
+    return [hashlib.sha256(row.numpy().tobytes()).hexdigest()[:16] for row in flat]
+
+
+def declared_adaptive_attacks(model: nn.Module) -> list[tuple[str, Any]]:
+    """``(defense name, attack spec)`` for every adaptive attack declared by ``model`` or a defense inside it."""
+    found: list[tuple[str, Any]] = []
+    for module in model.modules():
+        if isinstance(module, Defense):
+            found.extend((module.name or type(module).__name__, spec) for spec in module.adaptive_attacks)
+    return found
+
+
+def held_out_overlap(model: nn.Module, x: torch.Tensor) -> tuple[str, int] | None:
+    """``(defense name, count)`` when some of ``x`` was used to fit/calibrate a defense inside ``model``, else None."""
+    held = [(m.name or type(m).__name__, m.held_out) for m in model.modules() if isinstance(m, Defense) and m.held_out]
+    if not held:
+        return None
+    hashes = sample_hashes(x)
+    for name, held_out in held:
+        count = sum(h in held_out for h in hashes)
+        if count:
+            return name, count
+    return None
 
 
 def get_defense_class(name: str) -> type[Defense]:

@@ -70,8 +70,12 @@ def run_provenance(sweep: "Sweep", device: torch.device | str) -> dict[str, Any]
     models = []
     for entry in sweep.models:
         fp = model_fingerprint(entry.model)
-        models.append({"name": entry.name, "class": fp["class"], "checkpoint_sha256": checkpoint_sha256(entry.model),
-                       "tensors_sha256": fp["tensors_sha256"]})
+        record = {"name": entry.name, "class": fp["class"], "checkpoint_sha256": checkpoint_sha256(entry.model),
+                  "tensors_sha256": fp["tensors_sha256"]}
+        defense = getattr(entry.model, "provenance", None)  # a defense: its config and fitting facts (calibration)
+        if callable(defense):
+            record["defense"] = defense()
+        models.append(record)
     return {
         "environment": environment(device),
         "seed": sweep.seed,

@@ -13,6 +13,7 @@ from torch import nn
 
 from robustkit.attacks import Attack, build_attack
 from robustkit.data import Dataset
+from robustkit.defenses.base import declared_adaptive_attacks, held_out_overlap
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.threat import canonical_norm, parse_eps, validate_eps
 
@@ -43,10 +44,17 @@ class Sweep:
     def __post_init__(self) -> None:
         self.norm = canonical_norm(self.norm)
         self.eps = eps_list(self.eps, self.norm)
-        check_suite(self.attacks, self.norm)
         names = [m.name for m in self.models]
         if not names:
             raise ConfigError("models: expected at least one model")
+        self.attacks = with_adaptive_attacks(list(self.attacks), self.models)
+        check_suite(self.attacks, self.norm)
+        for entry in self.models:
+            overlap = held_out_overlap(entry.model, self.dataset.x)
+            if overlap is not None:
+                raise ConfigError(f"models: {entry.name!r}: {overlap[1]} of the {len(self.dataset)} evaluation samples "
+                                  f"were used to calibrate/fit its defense {overlap[0]!r}; evaluate on samples apart "
+                                  f"from its calibration split")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"models: two models are named {dup[0]!r}; give each a distinct name")
@@ -89,6 +97,25 @@ def build_suite(specs: Sequence[Any], field_name: str = "attacks") -> list[Attac
         except RobustkitError as exc:
             raise ConfigError(f"{field_name}[{i}]: {exc}") from None
     return suite
+
+
+def with_adaptive_attacks(attacks: list[Attack], models: Sequence[ModelEntry]) -> list[Attack]:
+    """The suite plus every adaptive attack a model's defense declares (``Defense.adaptive_attacks``) that the
+    suite lacks, appended in declaration order. An attack of the same name already in the suite counts as
+    present (the user chose its settings). The suite stays one list for all models: the leaderboard columns
+    and the job identities stay comparable across models."""
+    present = {a.name for a in attacks if isinstance(a, Attack)}
+    for entry in models:
+        for defense, spec in declared_adaptive_attacks(entry.model):
+            try:
+                attack = build_attack(spec)
+            except RobustkitError as exc:
+                raise ConfigError(f"models: {entry.name!r}: the adaptive attack declared by defense {defense!r}: "
+                                  f"{exc}") from None
+            if attack.name not in present:
+                attacks.append(attack)
+                present.add(attack.name)
+    return attacks
 
 
 def check_suite(attacks: Sequence[Attack], norm: str) -> None:
