@@ -6,7 +6,8 @@ Importing this package registers the built-in attacks. Third-party attacks regis
     [project.entry-points."robustkit.attacks"]
     my-attack = "my_package.attacks:MyAttack"
 """
-from .base import ATTACKS, Attack, AttackResult, build_attack, eval_mode, get_attack_class, register_attack
+from .base import ATTACKS, Attack, AttackResult, eval_mode, register_attack
+from .build import build_attack, get_attack_class
 from . import fgsm, pgd  # noqa: F401  (registers the built-in attacks)
 from . import cw, fmn  # noqa: F401
 from . import autoattack  # noqa: F401

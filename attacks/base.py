@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, final
 
 import torch
 from torch import nn
@@ -81,7 +81,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class Attack:
-    """Base class for attacks. Subclasses set the class attributes and implement :meth:`perturb`."""
+    """Base class for attacks. Subclasses set the class attributes and implement :meth:`perturb`.
+
+    :meth:`__call__` is final (as in foolbox 3's ``FixedEpsilonAttack``): it is where the guarantees above are
+    enforced, so a subclass that defined its own ``__call__`` could silently skip the re-prediction or the
+    budget check. Defining one raises ``TypeError`` when the class is created.
+    """
 
     name: ClassVar[str] = ""
     norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")
@@ -89,6 +94,15 @@ class Attack:
     supports_targeted: ClassVar[bool] = True
     implementation: ClassVar[str] = "robustkit"
     defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            raise TypeError(
+                f"attack class {cls.__qualname__} defines __call__, which is final in robustkit.attacks.Attack "
+                "(it re-predicts, projects and checks the budget); implement perturb(model, x, y, eps, norm, *, "
+                "target, generator) instead (see docs/write-your-own-attack.md)"
+            )
 
     def __init__(self, **params: Any) -> None:
         allowed = {**COMMON_DEFAULTS, **self.defaults}
@@ -156,6 +170,7 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------------------------------ running
+    @final
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                  target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> AttackResult:
         if threat.norm not in self.norms:
@@ -282,27 +297,3 @@ class Attack:
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
         assert logits_sum is not None
         return loss_sum / n, grad_sum / n, logits_sum / n
-
-
-def get_attack_class(name: str) -> type[Attack]:
-    """The attack class for a registered name, or for ``torchattacks:<Class>`` (built on demand, not registered,
-    so that importing robustkit does not import torchattacks and the registry lists robustkit's own names)."""
-    if str(name).lower().startswith("torchattacks:"):
-        from .torchattacks_wrapper import torchattacks_attack_class
-
-        return torchattacks_attack_class(str(name).split(":", 1)[1])
-    return ATTACKS.get(name)
-
-
-def build_attack(spec: "str | dict[str, Any] | Attack") -> Attack:
-    """An attack from a name (``"pgd"``), a config dict (``{name: pgd, steps: 40}``) or an instance."""
-    if isinstance(spec, Attack):
-        return spec
-    if isinstance(spec, str):
-        return get_attack_class(spec)()
-    if isinstance(spec, dict):
-        if "name" not in spec:
-            raise ConfigError(f"attacks: each entry needs a 'name', got {spec!r}")
-        params = {k: v for k, v in spec.items() if k != "name"}
-        return get_attack_class(str(spec["name"]))(**params)
-    raise ConfigError(f"attacks: expected a name or a mapping with 'name', got {spec!r}")

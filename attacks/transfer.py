@@ -36,7 +36,8 @@ from robustkit.errors import ConfigError, RobustkitError
 from robustkit.predict import predict
 from robustkit.threat import ThreatModel
 
-from .base import Attack, build_attack, register_attack
+from .base import Attack, register_attack
+from .build import build_attack
 
 DEFAULT_INNER_ATTACKS: tuple[str, ...] = ("pgd",)
 
