@@ -74,6 +74,7 @@ class TransferAttack(Attack):
     norms: ClassVar[tuple[str, ...]] = ("Linf", "L2", "L1")  # each inner attack must support the threat norm
     supports_targeted: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {"surrogates": None, "attacks": None, "base_dir": None}
+    full_grid: ClassVar[bool] = False  # True: every pair attacks every sample (TransferGridAttack)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -88,11 +89,11 @@ class TransferAttack(Attack):
     # ----------------------------------------------------------------------------------- configuration
     def _check_surrogates(self, value: Any) -> list[Any]:
         if value is None:
-            raise ConfigError("attack 'transfer': surrogates: expected a list of model specs (zoo name, card path, "
+            raise ConfigError(f"attack {self.name!r}: surrogates: expected a list of model specs (zoo name, card path, "
                               "card mapping or nn.Module), got nothing")
         specs = list(value) if isinstance(value, (list, tuple)) else [value]
         if not specs:
-            raise ConfigError("attack 'transfer': surrogates: expected at least one surrogate model, got an empty list")
+            raise ConfigError(f"attack {self.name!r}: surrogates: expected at least one surrogate model, got an empty list")
         for i, spec in enumerate(specs):
             if not isinstance(spec, (str, dict, nn.Module, os.PathLike)):
                 raise ConfigError(f"attack 'transfer': surrogates[{i}]: expected a zoo name, card path, card mapping "
@@ -197,11 +198,13 @@ class TransferAttack(Attack):
         x_best = x.clone()
         everyone = torch.arange(x.shape[0], device=x.device)
         broken = fools_target(x, everyone)
+        clean_fooled = broken.clone()
         info: dict[str, Any] = {"clean_fooled": int(broken.sum()), "pairs": []}
         surrogates = self.surrogate_models(x.device)
         for s_index, (spec, surrogate) in enumerate(zip(self._surrogate_specs, surrogates)):
             for atk in inner:
-                todo = (~broken).nonzero().squeeze(1)
+                # the worst case skips samples already broken; the grid runs every pair on every sample
+                todo = (~(clean_fooled if self.full_grid else broken)).nonzero().squeeze(1)
                 pair = {"surrogate": self._surrogate_label(s_index, spec), "attack": atk.label,
                         "attacked": int(todo.numel()), "surrogate_success": 0, "target_fooled": 0}
                 info["pairs"].append(pair)
@@ -211,8 +214,24 @@ class TransferAttack(Attack):
                           target=None if target is None else target[todo], generator=generator)
                 x_adv = res.x_adv.to(device=x.device, dtype=x.dtype)
                 fooled = fools_target(x_adv, todo)
-                x_best[todo[fooled]] = x_adv[fooled]
+                first = fooled & ~broken[todo]  # a sample keeps the first example that fooled the target
+                x_best[todo[first]] = x_adv[first]
                 broken[todo[fooled]] = True
                 pair["surrogate_success"] = int(res.success.sum())
                 pair["target_fooled"] = int(fooled.sum())
         return x_best, info
+
+
+@register_attack("transfer-grid")
+class TransferGridAttack(TransferAttack):
+    """PubDef's threat model as a grid: EVERY (surrogate x attack) pair attacks every clean-correct sample.
+
+    Per sample the verdict is still the worst case over the grid (the example of the first pair, in order,
+    that fooled the target), so the leaderboard row is the worst case; ``info["pairs"]`` then holds, for each
+    pair, how many of the attacked samples it fooled -- the complete grid, which the engine's finishing stage
+    writes as ``transfer_grid.csv`` and a heatmap (:mod:`robustkit.engine.transfer_grid`). Costs every pair on
+    every sample, where ``transfer`` stops at the first success.
+    """
+
+    name: ClassVar[str] = "transfer-grid"
+    full_grid: ClassVar[bool] = True

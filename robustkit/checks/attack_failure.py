@@ -208,9 +208,12 @@ def check_incomplete_optimization(ctx: CheckContext) -> list[CheckResult]:
 
 
 def check_transfer_failure(ctx: CheckContext) -> list[CheckResult]:
-    transfers = [a for a in ctx.attacks if a.kind == "transfer"]
+    # A transfer-grid attack is a threat model (PubDef: the attacker only has these public models), not a
+    # stand-in for white-box attacks, so its failure to transfer is the number being measured, not a flaw.
+    transfers = [a for a in ctx.attacks if a.kind == "transfer" and not getattr(a, "full_grid", False)]
     if not transfers:
-        return [CheckResult("transfer-failure", False, "no transfer attack in the suite", applicable=False)]
+        return [CheckResult("transfer-failure", False, "no transfer attack in the suite (transfer-grid is a threat "
+                            "model of its own and is not judged)", applicable=False)]
     out = []
     for eps in ctx.eps:
         surrogate = fooled = 0

@@ -42,6 +42,7 @@ from .leaderboard import PlannedJob, add_defense_rows, build_leaderboard, build_
 from .progress import JobProgress
 from .store import ResultStore
 from .sweep import Sweep
+from .transfer_grid import run_transfer_grid
 
 
 @dataclass
@@ -255,6 +256,7 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
                                  certified)
     write_outputs(out, board, per_sample)
     write_report(out)
+    run_transfer_grid(sweep, out, device, requested_batch)
     curve_spec = parse_curve((sweep.config or {}).get("curve"), sweep.norm)
     curve = fill_curve(sweep, per_sample, curve_spec, out, device) if curve_spec is not None else None
     return RunResult(run_id=run_id, leaderboard=board, per_sample=per_sample, out=out,

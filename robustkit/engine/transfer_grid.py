@@ -1,0 +1,160 @@
+"""The transfer-grid finishing stage: PubDef's (surrogate x attack) grid as a CSV and a heatmap.
+
+A ``transfer-grid`` attack in the suite (:class:`robustkit.attacks.transfer.TransferGridAttack`) gives each
+leaderboard row the worst case over the grid, per sample. The grid itself -- the target's accuracy on the
+examples of each pair alone -- needs every pair on every sample, which the cascade does not keep (it stores
+per-sample verdicts, not per-pair ones, and attacks at a larger eps only what survived the smaller one). So
+after the sweep this stage runs each transfer-grid attack once more per (model, eps) on all samples, with a
+generator seeded from the sweep seed and the cell's identity, and writes
+
+* ``transfer_grid.csv``: ``model, eps, surrogate, attack, n_examples, robust_count, robust_acc`` per pair,
+  plus one ``worst case`` row per (model, eps) (the per-sample worst case over the grid: the row's number in
+  the leaderboard, recomputed here; with random starts the two may differ by the attacks' randomness);
+* ``transfer_grid.png``: one heatmap per (model, eps) (surrogates x attacks, robust accuracy in %), when
+  matplotlib imports (it is a dependency; a broken install only loses the figure, never the CSV).
+
+Results are cached per cell identity under ``transfer_grid/`` in the output folder, so a resumed sweep does
+not recompute them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+import robustkit
+from robustkit.attacks import eval_mode
+from robustkit.attacks.transfer import TransferGridAttack
+from robustkit.threat import ThreatModel
+
+from . import identity
+from .sweep import Sweep
+
+GRID_CSV = "transfer_grid.csv"
+GRID_PNG = "transfer_grid.png"
+WORST = "worst case"
+COLUMNS = ["model", "eps", "surrogate", "attack", "n_examples", "robust_count", "robust_acc"]
+
+
+def grid_attacks(sweep: Sweep) -> list[TransferGridAttack]:
+    """The suite's transfer-grid attacks (the stage does nothing without one)."""
+    return [a for a in sweep.attacks if isinstance(a, TransferGridAttack)]
+
+
+def _cell(model: torch.nn.Module, attack: TransferGridAttack, x: torch.Tensor, y: torch.Tensor, eps: float,
+          norm: str, seed: int, batch_size: int) -> list[dict[str, Any]]:
+    """Per-pair and worst-case robust counts of one (model, attack, eps) on all samples."""
+    n = int(x.shape[0])
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    fooled: dict[tuple[str, str], int] = {}
+    robust = 0
+    with eval_mode(model):
+        for start in range(0, n, batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            res = attack(model, xb, yb, ThreatModel(norm, eps), generator=generator)
+            robust += int((~res.success).sum())
+            clean = int(res.info["clean_fooled"])
+            for pair in res.info["pairs"]:
+                key = (pair["surrogate"], pair["attack"])
+                fooled[key] = fooled.get(key, 0) + clean + int(pair["target_fooled"])
+    rows = [{"surrogate": s, "attack": a, "n_examples": n, "robust_count": n - f} for (s, a), f in fooled.items()]
+    rows.append({"surrogate": WORST, "attack": WORST, "n_examples": n, "robust_count": robust})
+    return rows
+
+
+def run_transfer_grid(sweep: Sweep, out: Path, device: torch.device, batch_size: int) -> pd.DataFrame | None:
+    """Compute (or read from the cache) every grid cell of the sweep and write the CSV and the heatmap.
+
+    Returns the grid table, or None when the suite has no transfer-grid attack.
+    """
+    attacks = grid_attacks(sweep)
+    if not attacks:
+        return None
+    cache = Path(out) / "transfer_grid"
+    cache.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    x_all, y_all = sweep.dataset.x, sweep.dataset.y
+    for entry in sweep.models:
+        fingerprint = identity.model_fingerprint(entry.model)
+        for attack in attacks:
+            for eps in sweep.eps:
+                ident = {"kind": "transfer-grid", "model": fingerprint, "attack": attack.config(), "eps": eps,
+                         "norm": sweep.norm, "dataset": sweep.dataset.content_hash, "seed": sweep.seed,
+                         "robustkit_version": robustkit.__version__}
+                key = identity.job_id(ident)
+                path = cache / f"{key}.json"
+                if path.is_file():
+                    cell = json.loads(path.read_text(encoding="utf-8"))
+                else:
+                    original = next((p.device for p in entry.model.parameters()), torch.device("cpu"))
+                    entry.model.to(device)
+                    try:
+                        cell = _cell(entry.model, attack, x_all.to(device), y_all.to(device), eps, sweep.norm,
+                                     identity.batch_seed(sweep.seed, key, 0), batch_size)
+                    finally:
+                        entry.model.to(original)
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_text(json.dumps(cell), encoding="utf-8")
+                    tmp.replace(path)
+                label = entry.name if len(attacks) == 1 else f"{entry.name} [{attack.label}]"
+                for row in cell:
+                    rows.append({"model": label, "eps": eps, **row,
+                                 "robust_acc": round(100.0 * row["robust_count"] / max(1, row["n_examples"]), 2)})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table.to_csv(Path(out) / GRID_CSV, index=False)
+    figure = write_heatmap(table, Path(out) / GRID_PNG)
+    append_to_report(Path(out), table, figure)
+    return table
+
+
+def append_to_report(out: Path, table: pd.DataFrame, figure: Path | None) -> None:
+    """Add the grid (table and heatmap) to the run's ``report.md``."""
+    report = out / "report.md"
+    if not report.is_file():
+        return
+    lines = ["", "## Transfer grid (PubDef threat model)", "",
+             f"Target accuracy on the examples of each surrogate x attack pair alone ({GRID_CSV}); the "
+             f"leaderboard row is the worst case over the grid, per sample.", ""]
+    lines.append("| model | eps | surrogate | attack | robust acc |")
+    lines.append("|---|---|---|---|---|")
+    for row in table.itertuples(index=False):
+        lines.append(f"| {row.model} | {row.eps:.4g} | {row.surrogate} | {row.attack} | {row.robust_acc:.2f}% "
+                     f"({row.robust_count}/{row.n_examples}) |")
+    if figure is not None:
+        lines += ["", f"![transfer grid]({figure.name})"]
+    report.write_text(report.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n",
+                      encoding="utf-8")
+
+
+def write_heatmap(table: pd.DataFrame, path: Path) -> Path | None:
+    """One heatmap per (model, eps): surrogates (rows) x attacks (columns), robust accuracy in %."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - a broken matplotlib loses the figure, never the CSV
+        return None
+    cells = table[table["surrogate"] != WORST]
+    groups = list(cells.groupby(["model", "eps"], sort=False))
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    for ax, ((model, eps), frame) in zip(axes[0], groups):
+        grid = frame.pivot(index="surrogate", columns="attack", values="robust_acc")
+        grid = grid.reindex(index=list(dict.fromkeys(frame["surrogate"])), columns=list(dict.fromkeys(frame["attack"])))
+        ax.imshow(grid.to_numpy(), vmin=0, vmax=100, cmap="viridis")
+        ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ax.text(j, i, f"{grid.iat[i, j]:.0f}", ha="center", va="center", color="white")
+        worst = table[(table["model"] == model) & (table["eps"] == eps) & (table["surrogate"] == WORST)]
+        ax.set_title(f"{model}, eps {eps:.4g}\nworst case {float(worst['robust_acc'].iloc[0]):.1f}%", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
