@@ -19,13 +19,14 @@ The base class gives every attack the same guarantees, whatever its implementati
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, final
 
 import torch
 from torch import nn
 
-from robustkit.errors import ConfigError, did_you_mean
+from robustkit.errors import ConfigError, did_you_mean, short_repr
 from robustkit.predict import DEFAULT_VOTE_PASSES, is_randomized, model_device, predict
 from robustkit.registry import Registry
 from robustkit.threat import ThreatModel, check_budget, project
@@ -37,6 +38,10 @@ from .losses import get_loss
 ATTACKS: Registry[type["Attack"]] = Registry("attack", entry_point_group="robustkit.attacks")
 
 TARGET_MODES = (False, "random", "least-likely", "given")
+# Integer parameters (steps, restarts, queries, ...) above this are refused: a million iterations per batch
+# is already days of compute, and 10**30 would only look like a hang.
+MAX_INT_PARAM = 1_000_000
+MAX_LABEL_LENGTH = 64
 DEFAULT_EOT_ITER = 20
 
 # Parameters every attack accepts, with their defaults.
@@ -109,7 +114,7 @@ class Attack:
         for key in params:
             if key not in allowed:
                 raise ConfigError(
-                    f"attack {self.name!r}: unknown parameter {key!r}{did_you_mean(key, allowed)}; "
+                    f"attack {short_repr(self.name)}: unknown parameter {short_repr(key)}{did_you_mean(key, allowed)}; "
                     f"known: {', '.join(sorted(allowed))}"
                 )
         merged = {**allowed, **params}
@@ -119,14 +124,21 @@ class Attack:
             merged["targeted"] = "random"
         if merged["targeted"] not in TARGET_MODES:
             raise ConfigError(
-                f"attack {self.name!r}: targeted: expected false, random, least-likely or given, got {merged['targeted']!r}"
+                f"attack {short_repr(self.name)}: targeted: expected false, random, least-likely or given, got {short_repr(merged['targeted'])}"
             )
         if merged["targeted"] and not self.supports_targeted:
-            raise ConfigError(f"attack {self.name!r} has no targeted mode")
+            raise ConfigError(f"attack {short_repr(self.name)} has no targeted mode")
+        label = merged["label"]
+        if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL_LENGTH
+                                  or not label.isprintable()):
+            raise ConfigError(f"attack {short_repr(self.name)}: label: expected a one-line name of 1 to "
+                              f"{MAX_LABEL_LENGTH} printable characters (it names the acc_<label> column), got "
+                              f"{short_repr(label, 40)}")
         eot_iter = merged["eot_iter"]
-        if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, int) or eot_iter < 1):
+        if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, int) or eot_iter < 1
+                                     or eot_iter > MAX_INT_PARAM):
             raise ConfigError(
-                f"attack {self.name!r}: eot_iter: expected a positive integer (or null for auto), got {eot_iter!r}"
+                f"attack {short_repr(self.name)}: eot_iter: expected a positive integer (or null for auto), got {short_repr(eot_iter)}"
             )
         if "loss" in merged:
             get_loss(merged["loss"])
@@ -140,18 +152,24 @@ class Attack:
             if key == "targeted":
                 return value
             if not isinstance(value, bool):
-                raise ConfigError(f"attack {self.name!r}: {key}: expected true or false, got {value!r}")
+                raise ConfigError(f"attack {short_repr(self.name)}: {key}: expected true or false, got {short_repr(value)}")
             return value
         if isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"attack {self.name!r}: {key}: expected an integer, got {value!r}")
+                raise ConfigError(f"attack {short_repr(self.name)}: {key}: expected an integer, got {short_repr(value)}")
+            if abs(value) > MAX_INT_PARAM:
+                raise ConfigError(f"attack {short_repr(self.name)}: {key}: {short_repr(value, 40)} is beyond the sane "
+                                  f"upper bound {MAX_INT_PARAM}")
             return value
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"attack {self.name!r}: {key}: expected a number, got {value!r}")
+                raise ConfigError(f"attack {short_repr(self.name)}: {key}: expected a number, got {short_repr(value)}")
+            if isinstance(value, int) and abs(value) > MAX_INT_PARAM or not math.isfinite(float(value)):
+                raise ConfigError(f"attack {short_repr(self.name)}: {key}: expected a finite number of at most "
+                                  f"{MAX_INT_PARAM}, got {short_repr(value, 40)}")
             return float(value)
         if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"attack {self.name!r}: {key}: expected a string, got {value!r}")
+            raise ConfigError(f"attack {short_repr(self.name)}: {key}: expected a string, got {short_repr(value)}")
         return value
 
     # ----------------------------------------------------------------------------------------- metadata
@@ -174,7 +192,7 @@ class Attack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                  target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> AttackResult:
         if threat.norm not in self.norms:
-            raise ConfigError(f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm}")
+            raise ConfigError(f"attack {short_repr(self.name)} supports norms {', '.join(self.norms)}, not {threat.norm}")
         device = model_device(model)
         x = x.detach().to(device=device, dtype=torch.float32)
         y = y.detach().to(device=device, dtype=torch.long)
@@ -190,7 +208,7 @@ class Attack:
                 out = self.perturb(model, x, y, eps, threat.norm, target=target, generator=generator)
                 x_adv, info = out if isinstance(out, tuple) else (out, {})
                 x_adv = project(x, x_adv.detach().to(device=device, dtype=torch.float32), eps, threat.norm)
-            norms = check_budget(x, x_adv, eps, threat.norm, who=f"attack {self.name!r}")
+            norms = check_budget(x, x_adv, eps, threat.norm, who=f"attack {short_repr(self.name)}")
             # randomized: robust only if a strict majority of the passes is correct (see robustkit.predict)
             n_votes = DEFAULT_VOTE_PASSES if randomized else 1
             pred = predict(model, x_adv, n_passes=n_votes) if x.shape[0] else y.clone()
@@ -237,7 +255,7 @@ class Attack:
         return (y + offset) % num_classes
 
     def _check_given_target(self, y: torch.Tensor, target: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-        who = f"attack {self.name!r}: targeted: given"
+        who = f"attack {short_repr(self.name)}: targeted: given"
         if target is None:
             raise ConfigError(f"{who} needs target labels, one per sample (none were passed)")
         target = torch.as_tensor(target)
@@ -289,7 +307,7 @@ class Attack:
                     (grad,) = torch.autograd.grad(per_sample.sum(), xr, allow_unused=True)
                 if grad is None:
                     raise NonDifferentiableModelError(
-                        f"attack {self.name!r}: the model's output does not depend on its input through autograd "
+                        f"attack {short_repr(self.name)}: the model's output does not depend on its input through autograd "
                         "(a non-differentiable step?); wrap that step in robustkit.attacks.bpda.BPDA"
                     )
             grad_sum += grad.detach()

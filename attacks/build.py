@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, short_repr
 
 from .base import ATTACKS, Attack
 from .torchattacks_wrapper import PREFIX, torchattacks_attack_class
@@ -29,7 +29,7 @@ def build_attack(spec: "str | dict[str, Any] | Attack") -> Attack:
         return get_attack_class(spec)()
     if isinstance(spec, dict):
         if "name" not in spec:
-            raise ConfigError(f"attacks: each entry needs a 'name', got {spec!r}")
+            raise ConfigError(f"attacks: each entry needs a 'name', got {short_repr(spec)}")
         params = {k: v for k, v in spec.items() if k != "name"}
         return get_attack_class(str(spec["name"]))(**params)
-    raise ConfigError(f"attacks: expected a name or a mapping with 'name', got {spec!r}")
+    raise ConfigError(f"attacks: expected a name or a mapping with 'name', got {short_repr(spec)}")

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from robustkit.errors import ConfigError, RobustkitError, did_you_mean
+from robustkit.errors import ConfigError, RobustkitError, did_you_mean, short_repr
 from robustkit.registry import Registry
 
 DEFENSES: Registry[type["Defense"]] = Registry("defense", entry_point_group="robustkit.defenses")
@@ -63,7 +63,7 @@ def check_params(who: str, params: Mapping[str, Any], defaults: Mapping[str, Any
     for key in params:
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
-            raise ConfigError(f"{who}: unknown parameter {key!r}{did_you_mean(key, defaults)}; known: {known}")
+            raise ConfigError(f"{who}: unknown parameter {short_repr(key)}{did_you_mean(key, defaults)}; known: {known}")
     merged = {**defaults, **params}
     for key, default in defaults.items():
         value = merged[key]
@@ -71,16 +71,16 @@ def check_params(who: str, params: Mapping[str, Any], defaults: Mapping[str, Any
             continue
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ConfigError(f"{who}: {key}: expected true or false, got {value!r}")
+                raise ConfigError(f"{who}: {key}: expected true or false, got {short_repr(value)}")
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{who}: {key}: expected an integer, got {value!r}")
+                raise ConfigError(f"{who}: {key}: expected an integer, got {short_repr(value)}")
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{who}: {key}: expected a number, got {value!r}")
+                raise ConfigError(f"{who}: {key}: expected a number, got {short_repr(value)}")
             merged[key] = float(value)
         elif isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{who}: {key}: expected a string, got {value!r}")
+            raise ConfigError(f"{who}: {key}: expected a string, got {short_repr(value)}")
     return merged
 
 
@@ -247,7 +247,7 @@ def get_defense_class(name: str) -> type[Defense]:
     """The defense class registered under ``name`` (built-ins and ``robustkit.defenses`` entry points)."""
     cls = DEFENSES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Defense)):
-        raise RobustkitError(f"defense {name!r} is registered as {cls!r}, which is not a robustkit Defense subclass")
+        raise RobustkitError(f"defense {short_repr(name)} is registered as {short_repr(cls)}, which is not a robustkit Defense subclass")
     return cls
 
 
@@ -259,9 +259,9 @@ def _split_spec(spec: Any, where: str) -> tuple[type[Defense], dict[str, Any]]:
     if isinstance(spec, Mapping):
         name = spec.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{where}: each defense needs a 'name', got {dict(spec)!r}")
+            raise ConfigError(f"{where}: each defense needs a 'name', got {short_repr(dict(spec))}")
         return _lookup(name.strip(), where), {str(k): v for k, v in spec.items() if k != "name"}
-    raise ConfigError(f"{where}: expected a defense name or a mapping with 'name', got {spec!r}")
+    raise ConfigError(f"{where}: expected a defense name or a mapping with 'name', got {short_repr(spec)}")
 
 
 def _lookup(name: str, where: str) -> type[Defense]:

@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, short_repr
+from robustkit.outputs import output_dir, write_text
 
 from .base import Defense, build_defense, check_defense_spec
 from .certification import DEFAULT_RADII, certified_rows
@@ -56,7 +57,7 @@ def check_model_entry(entry: Mapping[str, Any], where: str = "model") -> None:
         members = entry["members"]
         if not isinstance(members, list) or len(members) < 2:
             raise ConfigError(f"{where}.members: expected a list of at least 2 models (zoo names, card paths or "
-                              f"card mappings), got {members!r}")
+                              f"card mappings), got {short_repr(members)}")
         others = [k for k in entry if k not in ("name", *ENTRY_KEYS)]
         if others:
             raise ConfigError(f"{where}: an ensemble entry (members:) takes only name, members and defense; "
@@ -132,19 +133,36 @@ def certify_cached(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, finger
              "robustkit_version": version}
     key = identity.job_id(ident)
     path = Path(folder) / f"certified-{key}.json"
-    if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        return stored["rows"], float(stored["seconds"])
+    stored = _read_certificates(path, ident, len(radii))
+    if stored is not None:
+        return stored
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
     generator = torch.Generator(device=device).manual_seed(identity.batch_seed(seed, key, 0))
     t0 = time.perf_counter()
     result = model.certify(x.to(device), generator=generator)
     seconds = time.perf_counter() - t0
     rows = [{**row, "norm": "L2"} for row in certified_rows(result, y.cpu(), radii)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"identity": ident, "rows": rows, "seconds": seconds,
-                               "prediction": result.prediction.tolist(),
-                               "radius": [round(float(r), 6) for r in result.radius]}, default=str), encoding="utf-8")
-    tmp.replace(path)
+    output_dir(path.parent)
+    write_text(path, json.dumps({"identity": ident, "rows": rows, "seconds": seconds,
+                                 "prediction": result.prediction.tolist(),
+                                 "radius": [round(float(r), 6) for r in result.radius]}, default=str))
     return rows, seconds
+
+
+def _read_certificates(path: Any, ident: dict[str, Any], n_radii: int) -> tuple[list, float] | None:
+    """A cached certificate file, verified on read: unreadable, tampered or foreign content (identity, row
+    count or row fields differ) is ignored, so the certificates are recomputed instead of trusted."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.loads(f.read(64 << 20))
+        rows, seconds = stored["rows"], float(stored["seconds"])
+        ok = (json.dumps(stored["identity"], sort_keys=True, default=str)
+              == json.dumps(json.loads(json.dumps(ident, default=str)), sort_keys=True)
+              and isinstance(rows, list) and len(rows) == n_radii
+              and all(isinstance(r, dict) and {"radius", "n_examples", "certified_count", "certified_acc",
+                                                "abstained"} <= set(r) for r in rows))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (rows, seconds) if ok else None

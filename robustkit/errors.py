@@ -45,11 +45,48 @@ def check_keys(data: Iterable[Any], allowed: Iterable[str], prefix: str) -> None
     allowed = tuple(allowed)
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{prefix}unknown key {key!r}{did_you_mean(str(key), allowed)}; "
+            raise ConfigError(f"{prefix}unknown key {short_repr(key)}{did_you_mean(str(key), allowed)}; "
                               f"allowed: {', '.join(allowed)}")
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:
     """One-line message for an unknown registry name, listing what exists."""
     choices = sorted(set(choices))
-    return f"unknown {kind} {name!r}{did_you_mean(name, choices)}; known: {', '.join(choices)}"
+    return f"unknown {kind} {short_repr(name)}{did_you_mean(name, choices)}; known: {', '.join(choices)}"
+
+
+REPR_LIMIT = 80
+
+
+def value_count_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` holds more than ``limit`` values, shared sub-objects counted every time they occur
+    (how big it gets when printed or serialized), found without expanding it: stops at ``limit``."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return False
+
+
+def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about user values.
+
+    A container with more than 200 values is summarized by type and length before ``repr`` runs, so a
+    structure that shares sub-objects exponentially (a YAML alias bomb) is never expanded into a message.
+    """
+    if isinstance(value, (list, tuple, dict, set, frozenset)) and value_count_exceeds(value, 200):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a user object whose __repr__ fails
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        return text[: max(0, limit - 20)] + f"... ({len(text)} chars)"
+    return text

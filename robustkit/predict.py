@@ -16,6 +16,8 @@ import weakref
 import torch
 from torch import nn
 
+from robustkit.errors import RobustkitError
+
 DEFAULT_VOTE_PASSES = 10
 NO_MAJORITY = -1
 
@@ -23,6 +25,22 @@ NO_MAJORITY = -1
 # that the cache neither keeps a model alive nor writes anything onto the user's module.
 _DETECTED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
+
+
+class NonFiniteOutputError(RobustkitError):
+    """A model returned NaN or infinite logits for an input a verdict depends on."""
+
+
+def finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``logits``, after checking they are finite: argmax of a NaN row is class 0, so a model that returns NaN
+    would otherwise be counted as predicting class 0 -- a silent wrong number, not a flag."""
+    bad = ~torch.isfinite(logits)
+    if bad.any():
+        rows = int(bad.reshape(bad.shape[0], -1).any(dim=1).sum()) if bad.dim() else 1
+        raise NonFiniteOutputError(f"the model returned NaN or infinite logits for {rows} of {logits.shape[0]} "
+                                   f"inputs; no prediction can be made from them (fix the model, e.g. a division "
+                                   f"by zero or an overflow in its forward pass)")
+    return logits
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -82,7 +100,7 @@ def vote_counts(model: nn.Module, x: torch.Tensor, n_passes: int) -> torch.Tenso
     """How many of ``n_passes`` forward passes predict each class: int64, shape (n, num_classes)."""
     votes: torch.Tensor | None = None
     for _ in range(max(1, n_passes)):
-        logits = model(x)
+        logits = finite_logits(model(x))
         one_hot = torch.nn.functional.one_hot(logits.argmax(dim=1), num_classes=logits.shape[1])
         votes = one_hot if votes is None else votes + one_hot
     assert votes is not None
@@ -122,5 +140,5 @@ def predict(model: nn.Module, x: torch.Tensor, *, n_passes: int | None = None) -
     if n_passes is None:
         n_passes = DEFAULT_VOTE_PASSES if _randomized_for_verdict(model, x) else 1
     if n_passes <= 1:
-        return model(x).argmax(dim=1)
+        return finite_logits(model(x)).argmax(dim=1)
     return majority_label(vote_counts(model, x, n_passes))

@@ -12,7 +12,7 @@ from typing import Union
 
 import torch
 
-from .errors import BudgetViolationError, ConfigError
+from .errors import BudgetViolationError, ConfigError, short_repr
 
 NORMS = ("Linf", "L2", "L1")
 _NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "2": "L2", "l1": "L1", "1": "L1"}
@@ -25,14 +25,14 @@ def canonical_norm(norm: str) -> str:
     """'linf'/'inf' → 'Linf', 'l2' → 'L2', 'l1' → 'L1'; anything else is a ConfigError."""
     key = str(norm).strip().lower()
     if key not in _NORM_ALIASES:
-        raise ConfigError(f"threat_model.norm: expected one of Linf, L2, L1, got {norm!r}")
+        raise ConfigError(f"threat_model.norm: expected one of Linf, L2, L1, got {short_repr(norm)}")
     return _NORM_ALIASES[key]
 
 
 def parse_eps(value: object, field: str = "eps") -> float:
     """Accept 0.03, '0.03', '8/255' (a fraction) and return a float; ConfigError otherwise."""
     if isinstance(value, bool):
-        raise ConfigError(f"{field}: expected a number or a fraction like 8/255, got {value!r}")
+        raise ConfigError(f"{field}: expected a number or a fraction like 8/255, got {short_repr(value)}")
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -41,7 +41,7 @@ def parse_eps(value: object, field: str = "eps") -> float:
             return float(Fraction(text)) if "/" in text else float(text)
         except (ValueError, ZeroDivisionError):
             pass
-    raise ConfigError(f"{field}: expected a number or a fraction like 8/255, got {value!r}")
+    raise ConfigError(f"{field}: expected a number or a fraction like 8/255, got {short_repr(value)}")
 
 
 def validate_eps(eps: float, norm: str, field: str = "eps") -> float:

@@ -40,6 +40,7 @@ from torch import nn
 from robustkit.attacks import eval_mode
 from robustkit.attacks._steps import random_start, steepest_direction
 from robustkit.errors import ConfigError, did_you_mean
+from robustkit.outputs import output_dir, write_text
 from robustkit.predict import model_device, predict
 from robustkit.threat import canonical_norm, project
 
@@ -408,7 +409,6 @@ def train_zoo_entry(*, arch: str, dataset: Any, out: Any, config: TrainConfig, n
     the bare network's weights; the normalization is recorded in the card (the zoo re-attaches it).
     """
     import json
-    from pathlib import Path
 
     import yaml
 
@@ -452,8 +452,7 @@ def train_zoo_entry(*, arch: str, dataset: Any, out: Any, config: TrainConfig, n
     clean = round(100.0 * accuracy(model, data.x[total - eval_examples:], data.y[total - eval_examples:]), 2) \
         if eval_examples else None
     name = name or f"{data.name}-{arch}-{'distillation' if distillation_temperature else config.method}"
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_dir(out)
     ckpt = save_safetensors(net.state_dict(), folder / f"{name}.safetensors",
                             # one key: safetensors writes a multi-key metadata map in a random order, and
                             # the same seed must give the same file bytes (and sha256)
@@ -476,11 +475,10 @@ def train_zoo_entry(*, arch: str, dataset: Any, out: Any, config: TrainConfig, n
         "licence": None,
     }
     card_path = folder / f"{name}.yaml"
-    card_path.write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
-    (folder / f"{name}.train.json").write_text(
-        json.dumps({"config": asdict(config), "distillation_temperature": distillation_temperature,
-                    "n_train": n_train, "eval_examples": eval_examples, "history": history}, indent=2),
-        encoding="utf-8")
+    write_text(card_path, yaml.safe_dump(card, sort_keys=False))
+    write_text(folder / f"{name}.train.json",
+               json.dumps({"config": asdict(config), "distillation_temperature": distillation_temperature,
+                           "n_train": n_train, "eval_examples": eval_examples, "history": history}, indent=2))
     return ZooEntryResult(card_path=card_path, checkpoint_path=ckpt, card=card, history=history)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from robustkit.errors import ConfigError, RobustkitError, did_you_mean
+from robustkit.errors import ConfigError, RobustkitError, did_you_mean, short_repr
 
 from . import attack_failure, autoattack_flags, batch_dependence, checklist
 from .base import CHEAP, FULL, MODES, OFF, CheckContext, CheckResult, CheckSpec
@@ -46,7 +46,7 @@ def check_mode(value: object, where: str = "checks") -> str:
     if value is False:
         return OFF
     if not isinstance(value, str) or value.strip().lower() not in MODES:
-        raise ConfigError(f"{where}: expected cheap, full or off, got {value!r}"
+        raise ConfigError(f"{where}: expected cheap, full or off, got {short_repr(value)}"
                           f"{did_you_mean(str(value), MODES) if isinstance(value, str) else ''}")
     return value.strip().lower()
 

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from robustkit.errors import RobustkitError
+from robustkit.outputs import write_text
 
 REPORT_MD = "report.md"
 
@@ -92,9 +93,12 @@ def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
     if not (run_dir / DB_NAME).is_file():
         raise RobustkitError(f"{run_dir}: no {DB_NAME} here; expected the output folder of robustkit eval")
     if run_id is None and (run_dir / LEADERBOARD_CSV).is_file():
-        ids = pd.read_csv(run_dir / LEADERBOARD_CSV, usecols=["run_id"], dtype=str)["run_id"].dropna().unique()
+        try:
+            ids = pd.read_csv(run_dir / LEADERBOARD_CSV, usecols=["run_id"], dtype=str)["run_id"].dropna().unique()
+        except (ValueError, OSError, pd.errors.ParserError):  # an edited CSV: fall back to the latest run
+            ids = []
         run_id = str(ids[0]) if len(ids) else None
-    with ResultStore(run_dir / DB_NAME) as store:
+    with ResultStore.open_read_only(run_dir) as store:  # never writes: works on read-only media
         record = store.run_record(run_id)
         if record is None:
             raise RobustkitError(f"{run_dir / DB_NAME}: no run {run_id!r} recorded" if run_id else
@@ -107,8 +111,4 @@ def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
 
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` next to the leaderboard (whole, then renamed)."""
-    path = Path(run_dir) / REPORT_MD
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(report_for_folder(run_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(Path(run_dir) / REPORT_MD, report_for_folder(run_dir))

@@ -12,6 +12,8 @@ import click
 from robustkit import __version__
 from robustkit.errors import RobustkitError
 
+INTERRUPTED = "interrupted: finished batches are saved; run the same command again to resume"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="robustkit")
@@ -42,15 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except RobustkitError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        # click turns Ctrl-C into Abort; either way the batch in progress was rolled back and every
+        # committed batch is in the store, which is what the user needs to know
+        click.echo(INTERRUPTED, err=True)
         return 130
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished batches are saved; run the same command again to resume", err=True)
-        return 130
     return 0
 
 

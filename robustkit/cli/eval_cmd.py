@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, short_repr
+from robustkit.userfiles import load_yaml_text
 from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.engine.config import load_config, parse_config, resolve_config
 from robustkit.engine.identity import canonical_json, sha256_text
@@ -31,12 +31,9 @@ def _attack_spec(text: str) -> Any:
     """``pgd`` or an inline YAML mapping such as ``{name: pgd, steps: 100}``."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"{COMMAND_LINE}: --attack {text!r}: not a valid YAML mapping") from None
+        spec = load_yaml_text(text, f"{COMMAND_LINE}: --attack {short_repr(text)}")
         if not isinstance(spec, dict):
-            raise ConfigError(f"{COMMAND_LINE}: --attack {text!r}: expected a mapping like {{name: pgd, steps: 40}}")
+            raise ConfigError(f"{COMMAND_LINE}: --attack {short_repr(text)}: expected a mapping like {{name: pgd, steps: 40}}")
         return spec
     return text
 
@@ -82,6 +79,8 @@ def _report(result: RunResult, quiet: bool) -> None:
 @click.option("--seed", type=int, help="Override the seed (default: from the config, else 0).")
 @click.option("--fresh", is_flag=True, help="Discard previous results in the output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--wait", is_flag=True,
+              help="If another run holds the output folder, wait for it (default: fail with one line naming it).")
 @click.option("--checks", "checks", type=click.Choice(["cheap", "full", "off"]), default=None,
               help="Evaluation checks (docs/checks.md): cheap (default), full or off; overrides the config.")
 @click.option("--model", "models", multiple=True, help="Ad hoc: zoo name or model card path (repeatable).")
@@ -94,7 +93,7 @@ def _report(result: RunResult, quiet: bool) -> None:
 def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_examples: int | None,
              batch_size: int | None, seed: int | None, fresh: bool, quiet: bool, models: tuple[str, ...],
              dataset: str | None, root: str | None, attacks: tuple[str, ...], eps: tuple[str, ...],
-             norm: str | None, checks: str | None = None) -> None:
+             norm: str | None, checks: str | None = None, wait: bool = False) -> None:
     """Evaluate models against an attack suite and print the leaderboard.
 
     With no arguments, runs the quickstart: the small digits models against the built-in suite.
@@ -121,5 +120,5 @@ def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_e
     from_config = config_path is not None or adhoc
     mode = checks or (cfg.checks if from_config else "cheap")
     radii = cfg.certified_radii if from_config else DEFAULT_RADII
-    result = run_sweep(sweep, target, fresh=fresh, quiet=quiet, checks=mode, radii=radii)
+    result = run_sweep(sweep, target, fresh=fresh, quiet=quiet, checks=mode, radii=radii, wait=wait)
     _report(result, quiet)

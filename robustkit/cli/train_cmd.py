@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, short_repr
 from robustkit.threat import parse_eps
+from robustkit.userfiles import load_yaml_text
 
 CLI_METHODS = ("standard", "noise", "pgd", "fgsm", "trades", "distillation")
 
@@ -21,12 +21,9 @@ CLI_METHODS = ("standard", "noise", "pgd", "fgsm", "trades", "distillation")
 def _arch_kwargs(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
+    value = load_yaml_text(text, "--arch-kwargs")
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"--arch-kwargs: expected a YAML mapping like '{{width: 16}}', got {text!r}")
+        raise ConfigError(f"--arch-kwargs: expected a YAML mapping like '{{width: 16}}', got {short_repr(text)}")
     return value
 
 
@@ -34,10 +31,7 @@ def _normalization(text: str | None) -> Any:
     if text is None or text.strip().lower() in ("", "none", "null"):
         return None
     if text.strip().startswith("{"):
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--normalization: not a valid YAML mapping: {text!r}") from None
+        return load_yaml_text(text, "--normalization")
     return text.strip()
 
 

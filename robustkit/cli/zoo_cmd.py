@@ -35,11 +35,12 @@ def zoo() -> None:
               help="Folder holding checkpoint files named as in the cards' checkpoint.file (env ROBUSTKIT_WEIGHTS_DIR).")
 def list_cmd(zoo_dirs: tuple[Path, ...], weights_dir: Path | None) -> None:
     """Table of zoo entries: name, architecture, dataset, training / threat model, reported clean accuracy
-    and whether the checkpoint is available here."""
+    and whether the checkpoint is available here. A card of a --zoo folder named like a built-in (or digits)
+    model replaces it everywhere and is marked "(shadows built-in NAME)"."""
     from robustkit.zoo import list_entries
 
     entries = list_entries(zoo_dirs, weights_dir=weights_dir)
-    rows = [[e.card.name, e.card.arch, e.card.dataset or "-", _clip(e.card.training or "-"), e.card.threat_model or "-",
+    rows = [[e.card.name + (f" (shadows {e.shadows})" if e.shadows else ""), e.card.arch, e.card.dataset or "-", _clip(e.card.training or "-"), e.card.threat_model or "-",
              _acc(e.card.reported_clean_acc), e.available] for e in entries]
     click.echo(_table(rows, ["name", "arch", "dataset", "training", "threat model", "clean acc", "checkpoint"]))
 

@@ -72,6 +72,9 @@ def labels_to_tensor(arr: np.ndarray, *, n: int | None = None, source: str = "la
     arr = np.asarray(arr)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
+    if arr.ndim == 2 and arr.shape[1] > 1 and arr.size and np.isin(arr, (0, 1)).all() and (arr.sum(axis=1) == 1).all():
+        raise DataError(f"{source}: labels are one-hot encoded (shape {arr.shape}); expected one class index per "
+                        f"image, shape ({arr.shape[0]},): use labels.argmax(axis=1)")
     if arr.ndim != 1:
         raise DataError(f"{source}: labels must be a 1-D array of class indices, got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.floating):

@@ -61,6 +61,8 @@ def _validate(name: str, x: torch.Tensor, y: torch.Tensor, classes: list[str] | 
         raise DataError(f"{where}: x and y must be CPU tensors, got {x.device} and {y.device}")
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{where}: {x.shape[0]} images but {y.shape[0]} labels")
+    if x.shape[0] == 0 or x[:1].numel() == 0:
+        raise DataError(f"{where}: no examples to evaluate (x has shape {tuple(x.shape)})")
     if x.numel():
         lo, hi = torch.aminmax(x)
         if not (lo >= 0 and hi <= 1):  # also false for NaN

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from robustkit.errors import ConfigError, DataError, RobustkitError, did_you_mean, unknown_name
+from robustkit.errors import ConfigError, DataError, RobustkitError, did_you_mean, unknown_name, short_repr
 
 from .catalog import DATASETS, Loader, canonical_name, list_datasets
 from .dataset import Dataset, LoadedData
@@ -36,13 +36,13 @@ def _parse_spec(spec: Any) -> tuple[str, dict[str, Any]]:
     name = fields.pop("name", None)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"dataset: the mapping needs a 'name' (one of {', '.join(list_datasets())}), "
-                          f"got {name!r}")
+                          f"got {short_repr(name)}")
     nested = fields.pop("options", None) or {}
     if not isinstance(nested, Mapping):
-        raise ConfigError(f"dataset {name!r}: 'options' must be a mapping, got {type(nested).__name__}")
+        raise ConfigError(f"dataset {short_repr(name)}: 'options' must be a mapping, got {type(nested).__name__}")
     for key, value in nested.items():
         if key in fields:
-            raise ConfigError(f"dataset {name!r}: option {key!r} is given both at top level and under 'options'")
+            raise ConfigError(f"dataset {short_repr(name)}: option {short_repr(key)} is given both at top level and under 'options'")
         fields[key] = value
     return name, fields
 
@@ -51,7 +51,7 @@ def _resolve_root(root: Any, base_dir: Any, name: str) -> Path | None:
     if root is None:
         return None
     if not isinstance(root, (str, os.PathLike)) or not str(root):
-        raise ConfigError(f"dataset {name!r} root: expected a path, got {root!r}")
+        raise ConfigError(f"dataset {short_repr(name)} root: expected a path, got {short_repr(root)}")
     path = Path(os.path.expanduser(os.fspath(root)))
     if not path.is_absolute():
         path = Path(base_dir).expanduser() / path if base_dir is not None else Path.cwd() / path
@@ -62,7 +62,7 @@ def _check_n_examples(n: Any, name: str) -> int | None:
     if n is None:
         return None
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"dataset {name!r} n_examples: expected a positive integer, got {n!r}")
+        raise ConfigError(f"dataset {short_repr(name)} n_examples: expected a positive integer, got {short_repr(n)}")
     return n
 
 
@@ -93,13 +93,13 @@ def _bind_options(name: str, loader: Loader, given: dict[str, Any]) -> tuple[dic
                 known = sorted(option_params) + [r for r in RESERVED if r in reserved]
                 hint = did_you_mean(key, [*known, *RESERVED])
                 listing = f"known options: {', '.join(known)}" if known else "it takes no options"
-                raise ConfigError(f"dataset {name!r}: unknown option {key!r}{hint}; {listing}")
+                raise ConfigError(f"dataset {short_repr(name)}: unknown option {short_repr(key)}{hint}; {listing}")
     resolved: dict[str, Any] = {}
     for pname, p in option_params.items():
         if pname in given:
             resolved[pname] = given[pname]
         elif p.default is inspect.Parameter.empty:
-            raise ConfigError(f"dataset {name!r}: option {pname!r} is required")
+            raise ConfigError(f"dataset {short_repr(name)}: option {short_repr(pname)} is required")
         else:
             resolved[pname] = p.default
     for key, value in given.items():
@@ -113,7 +113,7 @@ def _num_classes(data: LoadedData, name: str) -> int:
     if data.classes is not None:
         return len(data.classes)
     if data.y.numel() == 0:
-        raise DataError(f"dataset {name!r}: no examples found")
+        raise DataError(f"dataset {short_repr(name)}: no examples found")
     return int(data.y.max()) + 1
 
 
@@ -140,7 +140,7 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
     spec_download = fields.pop("download", False)
     for value in (spec_download, download):
         if not isinstance(value, bool):
-            raise ConfigError(f"dataset {canonical!r} download: expected true or false, got {value!r}")
+            raise ConfigError(f"dataset {short_repr(canonical)} download: expected true or false, got {short_repr(value)}")
     download = download or spec_download
     fields.update({k: v for k, v in options.items() if v is not None})
 
@@ -148,11 +148,11 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
     n_examples = _check_n_examples(n_examples, canonical)
     resolved, reserved = _bind_options(canonical, loader, fields)
     if root_path is not None and "root" not in reserved:
-        raise ConfigError(f"dataset {canonical!r} takes no root (it needs no files), got root={os.fspath(root)!r}")
+        raise ConfigError(f"dataset {short_repr(canonical)} takes no root (it needs no files), got root={short_repr(os.fspath(root))}")
     if download and "download" not in reserved:
         downloadable = [n for n in list_datasets()
                         if "download" in inspect.signature(DATASETS.get(n)).parameters]
-        raise ConfigError(f"dataset {canonical!r} cannot be downloaded; downloadable: {', '.join(downloadable)}")
+        raise ConfigError(f"dataset {short_repr(canonical)} cannot be downloaded; downloadable: {', '.join(downloadable)}")
 
     call = dict(resolved)
     if "root" in reserved:
@@ -166,9 +166,9 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
     except RobustkitError:
         raise
     except OSError as exc:  # permissions, disk errors: name the file, no traceback
-        raise DataError(f"dataset {canonical!r}: {exc}") from exc
+        raise DataError(f"dataset {short_repr(canonical)}: {exc}") from exc
     if not isinstance(data, LoadedData):
-        raise RobustkitError(f"dataset loader {canonical!r} returned {type(data).__name__}, expected LoadedData")
+        raise RobustkitError(f"dataset loader {short_repr(canonical)} returned {type(data).__name__}, expected LoadedData")
 
     num_classes = _num_classes(data, canonical)
     x, y = data.x, data.y
@@ -176,7 +176,7 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
         available = int(y.shape[0]) if isinstance(y, torch.Tensor) else len(y)
         if n_examples > available:
             split = f" ({resolved['split']} split)" if "split" in resolved else ""
-            raise ConfigError(f"n_examples={n_examples} but dataset {canonical!r}{split} has only {available} examples")
+            raise ConfigError(f"n_examples={n_examples} but dataset {short_repr(canonical)}{split} has only {available} examples")
         if n_examples < available:
             x, y = x[:n_examples].clone(), y[:n_examples].clone()
 
@@ -186,7 +186,7 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
         "root": os.path.abspath(used_root) if used_root is not None else None,
         "split": resolved.get("split"),
         "n_examples": n_examples,
-        "options": {k: _jsonable(v, f"dataset {canonical!r} option {k}")
+        "options": {k: _jsonable(v, f"dataset {short_repr(canonical)} option {k}")
                     for k, v in sorted(resolved.items()) if k != "split" and k not in NOT_IN_SPEC},
     }
     json.dumps(spec_out)  # guaranteed serialisable by _jsonable; fail loudly here if not

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from robustkit.errors import ConfigError, did_you_mean
+from robustkit.errors import ConfigError, did_you_mean, short_repr
 
 
 def choice(dataset: str, option: str, value: Any, allowed: Sequence[str]) -> str:
     """``value`` must be one of ``allowed`` (compared as given); returns it."""
     if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(f"dataset {dataset!r} option {option}: expected one of {', '.join(allowed)}, "
-                          f"got {value!r}{did_you_mean(str(value), allowed)}")
+        raise ConfigError(f"dataset {short_repr(dataset)} option {option}: expected one of {', '.join(allowed)}, "
+                          f"got {short_repr(value)}{did_you_mean(str(value), allowed)}")
     return value
 
 
@@ -21,7 +21,7 @@ def positive_int(dataset: str, option: str, value: Any, *, maximum: int | None =
     """``value`` must be an int >= 1 (and <= maximum); bools and floats are refused."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum and value > maximum):
         bound = f" in 1..{maximum}" if maximum else " >= 1"
-        raise ConfigError(f"dataset {dataset!r} option {option}: expected an integer{bound}, got {value!r}")
+        raise ConfigError(f"dataset {short_repr(dataset)} option {option}: expected an integer{bound}, got {short_repr(value)}")
     return value
 
 
@@ -34,7 +34,7 @@ def size_pair(dataset: str, option: str, value: Any) -> int | tuple[int, int] | 
     if (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
         return (int(value[0]), int(value[1]))
-    raise ConfigError(f"dataset {dataset!r} option {option}: expected an int or [height, width], got {value!r}")
+    raise ConfigError(f"dataset {short_repr(dataset)} option {option}: expected an int or [height, width], got {short_repr(value)}")
 
 
 def string_list(dataset: str, option: str, value: Any) -> list[str] | None:
@@ -43,11 +43,11 @@ def string_list(dataset: str, option: str, value: Any) -> list[str] | None:
         return None
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ConfigError(f"dataset {dataset!r} option {option}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"dataset {short_repr(dataset)} option {option}: expected a list of strings, got {short_repr(value)}")
 
 
 def optional_str(dataset: str, option: str, value: Any) -> str | None:
     """None or a non-empty string."""
     if value is None or (isinstance(value, str) and value):
         return value
-    raise ConfigError(f"dataset {dataset!r} option {option}: expected a string, got {value!r}")
+    raise ConfigError(f"dataset {short_repr(dataset)} option {option}: expected a string, got {short_repr(value)}")

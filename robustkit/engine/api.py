@@ -19,8 +19,10 @@ from torch import nn
 from robustkit.attacks import Attack
 from robustkit.checks import check_mode
 from robustkit.data import Dataset, load_dataset
+from robustkit.data.arrays import labels_to_tensor
 from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.errors import ConfigError, DataError
+from robustkit.outputs import output_dir, write_text
 
 from .curve_fill import parse_curve
 from .leaderboard import to_markdown
@@ -44,9 +46,8 @@ class EvaluationResult:
     def to_csv(self, path: str | Path) -> Path:
         """Write the leaderboard CSV (the same format as ``leaderboard.csv`` of ``robustkit eval``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.leaderboard.to_csv(path, index=False)
-        return path
+        output_dir(path.parent)
+        return write_text(path, self.leaderboard.to_csv(index=False))
 
     def to_markdown(self) -> str:
         return to_markdown(self.leaderboard)
@@ -119,8 +120,11 @@ def _from_tensors(x: Any, y: Any) -> Dataset:
                         f"divide uint8 images by 255")
     if yt.dtype.is_floating_point or yt.dtype == torch.bool:
         raise DataError(f"dataset: y must be integer class labels, got dtype {yt.dtype}")
+    if xt.dim() != 4 or xt.shape[0] == 0:
+        raise DataError(f"dataset: x must be a non-empty float batch of images (N, C, H, W), got shape "
+                        f"{tuple(xt.shape)}")
     xt = xt.to(torch.float32).contiguous()
-    yt = yt.to(torch.int64).reshape(-1).contiguous()
+    yt = labels_to_tensor(yt.numpy(), n=xt.shape[0], source="dataset: y").contiguous()
     num_classes = int(yt.max()) + 1 if yt.numel() else 1
     return Dataset(CUSTOM_DATASET, xt, yt, None, max(1, num_classes), {"name": CUSTOM_DATASET, "source": "tensors"})
 
@@ -135,7 +139,7 @@ def _from_batches(batches: Iterable[Any]) -> Dataset:
         except (TypeError, IndexError, KeyError):
             raise DataError(f"dataset: DataLoader batch {i}: expected (x, y), got {type(batch).__name__}") from None
         xs.append(_tensor(x, "x"))
-        ys.append(_tensor(y, "y").reshape(-1))
+        ys.append(_tensor(y, "y"))
     if not xs:
         raise DataError("dataset: the DataLoader yielded no batches")
     ds = _from_tensors(torch.cat(xs), torch.cat(ys))

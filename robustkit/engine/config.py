@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from robustkit.errors import ConfigError, RobustkitError, check_keys
+from robustkit.errors import ConfigError, RobustkitError, check_keys, short_repr
 from robustkit.threat import canonical_norm
+from robustkit.userfiles import read_yaml_file
 
 from .curve_fill import parse_curve
 from robustkit.checks import check_mode
@@ -64,7 +64,7 @@ def _parse_radii(value: Any, source: str) -> tuple[float, ...]:
           all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in value))
     if not ok or len(set(value)) != len(value):
         raise ConfigError(f"{source}: certified_radii: expected a list of distinct L2 radii >= 0, e.g. "
-                          f"[0, 0.25, 0.5], got {value!r}")
+                          f"[0, 0.25, 0.5], got {short_repr(value)}")
     return tuple(sorted(float(r) for r in value))
 
 
@@ -81,7 +81,7 @@ def _int(value: Any, key: str, source: str, *, positive: bool = False, optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or (positive and value < 1):
         what = "a positive integer" if positive else "an integer"
-        raise ConfigError(f"{source}: {key}: expected {what}, got {value!r} ({_type_name(value)})")
+        raise ConfigError(f"{source}: {key}: expected {what}, got {short_repr(value)} ({_type_name(value)})")
     return value
 
 
@@ -99,15 +99,15 @@ def _parse_dataset(value: Any, base_dir: Path, source: str) -> Any:
         return value.strip()
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: dataset: expected a name or a mapping with 'name' (and root, n_examples, "
-                          f"...), got {value!r} ({_type_name(value)})")
+                          f"...), got {short_repr(value)} ({_type_name(value)})")
     spec = dict(value)
     if not isinstance(spec.get("name"), str) or not spec["name"].strip():
-        raise ConfigError(f"{source}: dataset.name: required, expected a dataset name, got {spec.get('name')!r}")
+        raise ConfigError(f"{source}: dataset.name: required, expected a dataset name, got {short_repr(spec.get('name'))}")
     if "n_examples" in spec:
         _int(spec["n_examples"], "dataset.n_examples", source, positive=True)
     if spec.get("root") is not None:
         if not isinstance(spec["root"], str) or not spec["root"].strip():
-            raise ConfigError(f"{source}: dataset.root: expected a path, got {spec['root']!r}")
+            raise ConfigError(f"{source}: dataset.root: expected a path, got {short_repr(spec['root'])}")
         root = _path(spec["root"], base_dir)
         if not root.exists():
             raise ConfigError(f"{source}: dataset.root: not found: {root}")
@@ -127,14 +127,14 @@ def _parse_model(value: Any, i: int, base_dir: Path, source: str, where: str | N
         return text
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: {where}: expected a zoo name, a card path or a mapping with name/arch/"
-                          f"checkpoint, got {value!r} ({_type_name(value)})")
+                          f"checkpoint, got {short_repr(value)} ({_type_name(value)})")
     from robustkit.zoo.cards import CARD_KEYS
 
     allowed = tuple(CARD_KEYS) + ENGINE_MODEL_KEYS
     _check_keys(value, allowed, f"{where}: ", source)
     entry = dict(value)
     if not isinstance(entry.get("name"), str) or not entry["name"].strip():
-        raise ConfigError(f"{source}: {where}.name: required, expected a string, got {entry.get('name')!r}")
+        raise ConfigError(f"{source}: {where}.name: required, expected a string, got {short_repr(entry.get('name'))}")
     if set(entry) == {"name"}:
         return entry["name"].strip()  # {name: <zoo name>}
     if any(k in entry for k in ENGINE_MODEL_KEYS):
@@ -143,7 +143,7 @@ def _parse_model(value: Any, i: int, base_dir: Path, source: str, where: str | N
     ckpt_path = ckpt.get("path") if isinstance(ckpt, Mapping) else ckpt
     if ckpt_path is not None:
         if not isinstance(ckpt_path, str) or not ckpt_path.strip():
-            raise ConfigError(f"{source}: {where}.checkpoint: expected a path, got {ckpt_path!r}")
+            raise ConfigError(f"{source}: {where}.checkpoint: expected a path, got {short_repr(ckpt_path)}")
         resolved = _path(ckpt_path, base_dir)
         if not resolved.is_file():
             raise ConfigError(f"{source}: {where}.checkpoint: file not found: {resolved}")
@@ -175,7 +175,7 @@ def _parse_defended_model(entry: dict[str, Any], where: str, base_dir: Path, sou
 
 def _parse_threat(value: Any, source: str) -> tuple[str, list[float]]:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{source}: threat_model: expected a mapping with norm and eps, got {value!r}")
+        raise ConfigError(f"{source}: threat_model: expected a mapping with norm and eps, got {short_repr(value)}")
     _check_keys(value, THREAT_KEYS, "threat_model: ", source)
     if "eps" not in value:
         raise ConfigError(f"{source}: threat_model.eps: required (a number, a fraction like 8/255, or a list)")
@@ -198,21 +198,21 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
     seed = _int(data.get("seed", 0), "seed", source)
     device = data.get("device", "auto")
     if not isinstance(device, str):
-        raise ConfigError(f"{source}: device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+        raise ConfigError(f"{source}: device: expected auto, cpu, cuda or cuda:N, got {short_repr(device)}")
     batch_size = _int(data.get("batch_size"), "batch_size", source, positive=True, optional=True)
     models = data["models"]
     if isinstance(models, (str, Mapping)):
         models = [models]
     if not isinstance(models, list) or not models:
-        raise ConfigError(f"{source}: models: expected a non-empty list of models, got {data['models']!r}")
+        raise ConfigError(f"{source}: models: expected a non-empty list of models, got {short_repr(data['models'])}")
     output = data.get("output")
     if output is not None and (not isinstance(output, str) or not output.strip()):
-        raise ConfigError(f"{source}: output: expected a folder path, got {output!r}")
+        raise ConfigError(f"{source}: output: expected a folder path, got {short_repr(output)}")
     attacks = data["attacks"]
     if isinstance(attacks, (str, Mapping)):
         attacks = [attacks]
     if not isinstance(attacks, list) or not attacks:
-        raise ConfigError(f"{source}: attacks: expected a non-empty list of attacks, got {data['attacks']!r}")
+        raise ConfigError(f"{source}: attacks: expected a non-empty list of attacks, got {short_repr(data['attacks'])}")
     norm, eps = _parse_threat(data["threat_model"], source)
     cfg = SweepConfig(
         source=source, base_dir=base_dir,
@@ -241,14 +241,7 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
     source = p.name
     if not p.is_file():
         raise ConfigError(f"{source}: config file not found: {os.path.abspath(p)}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read it ({exc})") from None
+    data = read_yaml_file(p, source)  # bounded: size and expanded aliases (robustkit.userfiles)
     return parse_config(data, source=source, base_dir=p.resolve().parent)
 
 

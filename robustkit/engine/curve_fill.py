@@ -34,7 +34,8 @@ import torch
 
 from robustkit.attacks import Attack, build_attack, eval_mode
 from robustkit.curves import full_robust_accuracy_curve, robust_accuracy_curve
-from robustkit.errors import ConfigError, RobustkitError, check_keys
+from robustkit.errors import ConfigError, RobustkitError, check_keys, short_repr
+from robustkit.outputs import output_dir, write_text, write_with
 from robustkit.predict import predict
 from robustkit.threat import ThreatModel, parse_eps, validate_eps
 
@@ -86,7 +87,7 @@ def parse_curve(value: Any, norm: str | None = None, where: str = "curve") -> Cu
     check_keys(value, CURVE_KEYS, f"{where}: ")
     points = value.get("points", DEFAULT_POINTS)
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise ConfigError(f"{where}.points: expected an integer >= 2, got {points!r}")
+        raise ConfigError(f"{where}.points: expected an integer >= 2, got {short_repr(points)}")
     raw_eps = value.get("eps", "auto")
     eps: tuple[float, ...] | None
     if isinstance(raw_eps, str) and raw_eps.strip().lower() == "auto":
@@ -94,7 +95,7 @@ def parse_curve(value: Any, norm: str | None = None, where: str = "curve") -> Cu
     else:
         items = raw_eps if isinstance(raw_eps, (list, tuple)) else [raw_eps]
         if not items:
-            raise ConfigError(f"{where}.eps: expected 'auto' or a non-empty list of eps, got {raw_eps!r}")
+            raise ConfigError(f"{where}.eps: expected 'auto' or a non-empty list of eps, got {short_repr(raw_eps)}")
         values = [parse_eps(e, f"{where}.eps") for e in items]
         for v in values:
             if math.isnan(v) or v < 0:
@@ -108,10 +109,10 @@ def parse_curve(value: Any, norm: str | None = None, where: str = "curve") -> Cu
     except RobustkitError as exc:  # unknown names are RobustkitErrors; here they are config errors
         raise ConfigError(f"{where}.attack: {exc}") from None
     if attack.kind != "minimum-norm":
-        raise ConfigError(f"{where}.attack: expected a minimum-norm attack (cw, fmn), got {attack.name!r} "
+        raise ConfigError(f"{where}.attack: expected a minimum-norm attack (cw, fmn), got {short_repr(attack.name)} "
                           f"(kind {attack.kind}): a bounded attack has no minimal norms to draw a curve from")
     if norm is not None and norm not in attack.norms:
-        raise ConfigError(f"{where}.attack: {attack.name!r} supports norms {', '.join(attack.norms)}, not {norm}")
+        raise ConfigError(f"{where}.attack: {short_repr(attack.name)} supports norms {', '.join(attack.norms)}, not {norm}")
     return CurveSpec(attack=dict(attack_spec) if isinstance(attack_spec, Mapping) else attack_spec,
                      eps=eps, points=int(points))
 
@@ -134,7 +135,7 @@ def min_norms(model: torch.nn.Module, attack: Attack, x: torch.Tensor, y: torch.
             generator = torch.Generator(device=device).manual_seed(s)
             result = attack(model, xb, yb, threat, generator=generator)
             if "min_norm" not in result.info:
-                raise ConfigError(f"curve.attack: {attack.name!r} returned no per-sample minimal norms")
+                raise ConfigError(f"curve.attack: {short_repr(attack.name)} returned no per-sample minimal norms")
             correct.append((predict(model, xb) == yb).cpu())
             norms.append(result.info["min_norm"].detach().cpu().to(torch.float64))
     return torch.cat(correct), torch.cat(norms)
@@ -214,9 +215,8 @@ def fill_curve(sweep: "Sweep", per_sample: pd.DataFrame, spec: CurveSpec, out: P
                           _bounded_counts(per_sample, name, sweep.eps), impl)
               for name, (c, n) in norms_by_model.items()]
     table = pd.concat(tables, ignore_index=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / CURVE_CSV, index=False)
+    out = output_dir(out)
+    write_text(out / CURVE_CSV, table.to_csv(index=False))
     plot_curve(table, norms_by_model, out / CURVE_PNG, title=f"{sweep.dataset.name}, {sweep.norm}, {attack.name}")
     return table
 
@@ -255,6 +255,8 @@ def plot_curve(table: pd.DataFrame, norms_by_model: Mapping[str, tuple[torch.Ten
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path

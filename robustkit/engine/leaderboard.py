@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from robustkit.outputs import output_dir, write_text
 from robustkit.stats import clopper_pearson_percent, mcnemar_exact
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,6 +201,13 @@ def format_eps(eps: float) -> str:
     return f"{eps:.4g}"
 
 
+def md_cell(value: object) -> str:
+    """A value as one markdown table cell: ``|`` and backslashes escaped, line breaks as spaces, so that a
+    model name or attack label like ``a|b`` or ``x\ny`` cannot add a column or end the row."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
 def to_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a markdown table (suite and run id below it, as they are the same on every row)."""
     def has_text(c: str) -> bool:
@@ -215,7 +223,7 @@ def to_markdown(board: pd.DataFrame) -> str:
     if "evaluation" in board.columns and board["evaluation"].fillna("empirical").eq("empirical").all():
         hidden.add("evaluation")
     shown = [c for c in board.columns if c not in hidden]
-    lines = ["| " + " | ".join(shown) + " |",
+    lines = ["| " + " | ".join(md_cell(c) for c in shown) + " |",
              "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(board[c]) else "---" for c in shown) + "|"]
     for _, row in board.iterrows():
         cells = []
@@ -230,23 +238,18 @@ def to_markdown(board: pd.DataFrame) -> str:
             elif isinstance(v, float):
                 cells.append("" if v != v else f"{v:.2f}")  # NaN: no such number (attack cells of certified rows)
             else:
-                cells.append(str(v))
+                cells.append(md_cell(v))
         lines.append("| " + " | ".join(cells) + " |")
     if len(board):
         lines.append("")
-        lines.append(f"attacks: {board['attacks'].iloc[0]} · run_id: {board['run_id'].iloc[0]}")
+        lines.append(f"attacks: {md_cell(board['attacks'].iloc[0])} · run_id: {md_cell(board['run_id'].iloc[0])}")
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(out: Path, board: pd.DataFrame, per_sample: pd.DataFrame) -> None:
-    """leaderboard.csv, leaderboard.md and per_sample.csv in ``out`` (written whole, then renamed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / LEADERBOARD_CSV, board.to_csv(index=False))
-    _atomic_write(out / LEADERBOARD_MD, to_markdown(board))
-    _atomic_write(out / PER_SAMPLE_CSV, per_sample.to_csv(index=False))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """leaderboard.csv, leaderboard.md and per_sample.csv in ``out`` (each written whole, then renamed:
+    :mod:`robustkit.outputs`)."""
+    out = output_dir(out)
+    write_text(out / LEADERBOARD_CSV, board.to_csv(index=False))
+    write_text(out / LEADERBOARD_MD, to_markdown(board))
+    write_text(out / PER_SAMPLE_CSV, per_sample.to_csv(index=False))

@@ -23,7 +23,8 @@ from torch import nn
 import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.errors import RobustkitError
-from robustkit.predict import model_device
+from robustkit.outputs import OutputLock, output_dir
+from robustkit.predict import NonFiniteOutputError, model_device
 from robustkit.threat import ThreatModel
 
 from . import identity
@@ -39,6 +40,7 @@ from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.defenses.sweep import certify_cached, leaderboard_fields
 
 from .leaderboard import PlannedJob, add_defense_rows, build_leaderboard, build_per_sample, write_outputs
+from .preflight import probe_models, verify_jobs
 from .progress import JobProgress
 from .store import ResultStore
 from .sweep import Sweep
@@ -193,8 +195,12 @@ class _JobRunner:
                                     self.device)
         x = self.sweep.dataset.x[lo:hi].to(self.device)
         y = self.sweep.dataset.y[lo:hi].to(self.device)
-        return run_cascade(model, x, y, self.sweep.attacks, ThreatModel(self.sweep.norm, job.eps), prior=prior,
-                           generator=generator)
+        try:
+            return run_cascade(model, x, y, self.sweep.attacks, ThreatModel(self.sweep.norm, job.eps), prior=prior,
+                               generator=generator)
+        except NonFiniteOutputError as exc:
+            raise NonFiniteOutputError(f"model {job.model!r} (eps {job.eps:.4g}, examples {lo}..{hi - 1}): "
+                                       f"{exc}") from None
 
 
 def _slice(state: SampleState, lo: int, hi: int) -> SampleState:
@@ -211,8 +217,12 @@ def compute_run_id(sweep: Sweep, jobs: list[PlannedJob]) -> str:
 
 
 def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool = True,
-              radii: Any = DEFAULT_RADII, checks: str = "cheap") -> RunResult:
+              radii: Any = DEFAULT_RADII, checks: str = "cheap", wait: bool = False) -> RunResult:
     """Run (or resume) a sweep into the folder ``out`` and write leaderboard.csv/.md and per_sample.csv there.
+
+    The folder is locked for the whole run (:class:`robustkit.outputs.OutputLock`; ``wait`` waits for another
+    run holding it instead of failing) and every model is probed with one forward pass first
+    (:mod:`robustkit.engine.preflight`).
 
     Certifiable defenses (randomized smoothing) are also certified at the L2 ``radii``; their rows join the
     attacks' empirical rows in the leaderboard (column ``evaluation``).
@@ -221,12 +231,18 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
     (docs/checks.md); they fill the ``flags`` column and ``report.md`` and never change a number.
     """
     checks = check_mode(checks)
-    out = Path(out)
+    out = output_dir(out)
     device = resolve_device(sweep.device)
+    probe_models(sweep, device)
+    with OutputLock(out, wait=wait):
+        return _run_locked(sweep, out, device, fresh=fresh, quiet=quiet, radii=radii, checks=checks)
+
+
+def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, quiet: bool, radii: Any,
+                checks: str) -> RunResult:
     jobs = plan_jobs(sweep)
     run_id = compute_run_id(sweep, jobs)
     requested_batch = sweep.batch_size or auto_batch_size(tuple(sweep.dataset.x.shape[1:]), device)
-    out.mkdir(parents=True, exist_ok=True)
     with ResultStore.open(out, fresh=fresh) as store:
         config = sweep.config or describe_sweep(sweep)
         attempt = store.begin_run(run_id, {**config, "run_id": run_id}, robustkit.__version__, str(device))
@@ -237,6 +253,7 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
             for entry in sweep.models:
                 model_jobs = [j for j in jobs if j.model == entry.name]
                 sizes = [_ensure_job(store, sweep, j, requested_batch) for j in model_jobs]
+                verify_jobs(store, sweep, model_jobs, sizes)
                 if all(_job_complete(store, j, len(sweep.dataset), bs) for j, bs in zip(model_jobs, sizes)):
                     runner.reused += sum(len(store.finished_batches(j.job_id)) for j in model_jobs)
                     continue

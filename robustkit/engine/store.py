@@ -7,13 +7,16 @@ missing batches. See docs/engine.md ("Results store") for the schema.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import urllib.parse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from robustkit.errors import RobustkitError
@@ -110,6 +113,48 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
+class StoreError(RobustkitError):
+    """The results store cannot be used: unreadable, damaged, tampered with, or on unwritable media."""
+
+
+def store_error(path: Path, exc: BaseException) -> RobustkitError:
+    """One line for any SQLite failure, saying what to do -- and advising ``--fresh`` (which deletes
+    results) only when the file itself is damaged, never for a read-only or busy folder."""
+    cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ is not None else exc
+    text = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    low = text.lower()
+    if any(k in low for k in ("readonly", "read-only", "unable to open", "permission", "access")):
+        return StoreError(f"{path}: cannot write the results store ({text}): the output folder is read-only or "
+                          f"not writable; choose another output folder (robustkit report can read this one)")
+    if "locked" in low or "busy" in low:
+        return StoreError(f"{path}: the results store is locked by another process ({text}); wait for it to "
+                          f"finish or choose another output folder")
+    if isinstance(cause, sqlite3.IntegrityError):
+        return StoreError(f"{path}: the results store is inconsistent ({text}): it was changed outside "
+                          f"robustkit; move it away or run with --fresh to start over")
+    return StoreError(f"{path}: not a usable robustkit results store ({text}); move it away or run with "
+                      f"--fresh to start over")
+
+
+def _one_line_errors(cls: type) -> type:
+    """Wrap every public method (and ``__init__``) so that any SQLite error leaves as one :class:`StoreError`
+    line naming the file: a corrupt page, a dropped table, an integrity error or read-only media alike."""
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except (sqlite3.Error, pd.errors.DatabaseError) as exc:
+                path = getattr(self, "path", None) or (args[0] if args else DB_NAME)
+                raise store_error(Path(path), exc) from None
+        return wrapper
+
+    for name, value in list(vars(cls).items()):
+        if callable(value) and (not name.startswith("_") or name == "__init__") and not isinstance(value, type):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
 @dataclass(frozen=True)
 class StoredBatch:
     """A finished batch as recorded (its row id and timestamp show it was not recomputed on resume)."""
@@ -126,33 +171,60 @@ def remove_store(out_dir: Path) -> None:
     """Delete the database (and its WAL side files) of an output folder: what ``--fresh`` does."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         path = Path(out_dir) / f"{DB_NAME}{suffix}"
-        if path.exists():
-            path.unlink()
+        if path.exists() or path.is_symlink():
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot delete it for --fresh ({exc.strerror or exc})") from None
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """``mode=ro``; on media where even the WAL index cannot be created, ``immutable=1`` (nothing is written:
+    the file is read as it is, which is right for a finished run on read-only media)."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no results store here; expected the output folder of robustkit eval")
+    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    last: Exception | None = None
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        conn = sqlite3.connect(uri + query, uri=True, timeout=60.0, isolation_level=None)
+        try:
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            last = exc
+    raise last  # type: ignore[misc]  # turned into a one-line StoreError by the class wrapper
+
+
+@_one_line_errors
 class ResultStore:
     """Read/write access to ``<out>/results.sqlite``. Use as a context manager so the file is closed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            self.conn = _connect_read_only(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA busy_timeout=60000")
-            self.conn.executescript(_SCHEMA)
-            self._check_schema_version()
-            self._add_provenance_column()
-        except sqlite3.DatabaseError as exc:
-            raise RobustkitError(f"{self.path}: not a usable robustkit results database ({exc}); "
-                                 f"run with --fresh to start over") from exc
+        self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn.executescript(_SCHEMA)
+        self._check_schema_version()
+        self._add_provenance_column()
 
     @classmethod
     def open(cls, out_dir: Path, *, fresh: bool = False) -> "ResultStore":
         if fresh:
             remove_store(out_dir)
         return cls(Path(out_dir) / DB_NAME)
+
+    @classmethod
+    def open_read_only(cls, out_dir: Path) -> "ResultStore":
+        """Open an existing store without writing anything (works on read-only media)."""
+        return cls(Path(out_dir) / DB_NAME, read_only=True)
 
     def _check_schema_version(self) -> None:
         with self._transaction():
@@ -329,3 +401,78 @@ class ResultStore:
             query += " WHERE job_id = ?"
             params.append(job_id)
         return pd.read_sql_query(query + " ORDER BY id", self.conn, params=params)
+
+    # ------------------------------------------------------------------------------------ verification
+    def verify_job(self, job_id: str, *, n_examples: int, batch_size: int, labels: Sequence[int],
+                   n_attacks: int, prev_job_id: str | None = None) -> list[str]:
+        """Check a job's stored batches against what they must contain and drop the ones that fail, so that
+        the runner recomputes them; return one description per dropped batch.
+
+        A batch passes when: its range is the one the job's batch layout gives; it has exactly one sample
+        row per index of that range; each row's label is the dataset's label; ``clean_correct`` equals
+        ``clean_pred == label``; ``robust_after`` has one 0/1 bit per attack of the suite, cumulative (once 0,
+        always 0), all 0 for a clean error; ``robust`` is the last bit; and (nested balls) no sample is robust
+        here but broken at the previous eps, whose rows for the range must exist. Sample rows outside every
+        passing batch are deleted with it. Everything happens in one transaction.
+        """
+        if batch_size < 1 or n_examples < 0:
+            raise StoreError(f"{self.path}: job {job_id} has batch size {batch_size} for {n_examples} examples; "
+                             f"the store was changed outside robustkit: move it away or run with --fresh")
+        batches = self.finished_batches(job_id)
+        frame = self.samples(job_id)
+        prev = self.samples(job_id=prev_job_id) if prev_job_id is not None else None
+        bad = _failing_batches(batches, frame, prev, n_examples=n_examples, batch_size=batch_size,
+                               labels=np.asarray(labels, dtype=np.int64), n_attacks=n_attacks)
+        covered = np.zeros(max(n_examples, 0), dtype=bool)
+        for i, b in batches.items():
+            if i not in bad:
+                covered[b.start:b.stop] = True
+        idx = frame["idx"].to_numpy(dtype=np.int64)
+        orphans = [int(i) for i in idx if not (0 <= i < n_examples and covered[i])]
+        if bad or orphans:
+            with self._transaction() as c:
+                c.executemany("DELETE FROM batches WHERE job_id = ? AND batch_index = ?", [(job_id, i) for i in bad])
+                c.executemany("DELETE FROM samples WHERE job_id = ? AND idx = ?", [(job_id, i) for i in orphans])
+                c.execute("UPDATE jobs SET finished_at = NULL WHERE job_id = ?", (job_id,))
+        return [f"batch {i} ({bad[i]})" for i in sorted(bad)]
+
+
+def _failing_batches(batches: dict[int, StoredBatch], frame: pd.DataFrame, prev: pd.DataFrame | None, *,
+                     n_examples: int, batch_size: int, labels: np.ndarray, n_attacks: int) -> dict[int, str]:
+    """batch index -> why it fails (see :meth:`ResultStore.verify_job`)."""
+    idx = frame["idx"].to_numpy(dtype=np.int64)
+    in_range = (idx >= 0) & (idx < n_examples)
+    row_ok = np.zeros(len(frame), dtype=bool)
+    if len(frame):
+        safe = np.where(in_range, idx, 0)
+        bits = frame["robust_after"].astype(str)
+        well_formed = bits.str.fullmatch(f"[01]{{{n_attacks}}}").to_numpy(dtype=bool)
+        cumulative = ~bits.str.contains("01", regex=False).to_numpy(dtype=bool)
+        last = bits.str[-1:].eq("1").to_numpy(dtype=bool)
+        first = bits.str[:1].eq("1").to_numpy(dtype=bool)
+        clean_correct = frame["clean_correct"].to_numpy()
+        robust = frame["robust"].to_numpy()
+        label = frame["label"].to_numpy()
+        pred = frame["clean_pred"].to_numpy()
+        row_ok = (in_range & well_formed & cumulative & (label == labels[safe])
+                  & np.isin(clean_correct, (0, 1)) & np.isin(robust, (0, 1))
+                  & (clean_correct == (pred == label)) & (robust == last) & (robust <= clean_correct)
+                  & (first <= (clean_correct == 1)))
+        if prev is not None:
+            prev_robust = dict(zip(prev["idx"].to_numpy(dtype=np.int64), prev["robust"].to_numpy()))
+            before = np.array([prev_robust.get(int(i), -1) for i in idx])
+            row_ok &= (before >= 0) & (robust <= np.maximum(before, 0))
+    bad: dict[int, str] = {}
+    for i, b in batches.items():
+        start, stop = i * batch_size, min(n_examples, (i + 1) * batch_size)
+        if i < 0 or start >= n_examples or (b.start, b.stop) != (start, stop):
+            bad[i] = f"range {b.start}..{b.stop} does not fit the batch layout"
+            continue
+        mask = (idx >= start) & (idx < stop)
+        count = int(mask.sum())
+        if count != stop - start:
+            bad[i] = f"{count} of {stop - start} sample rows"
+        elif not row_ok[mask].all():
+            bad[i] = f"{int((~row_ok[mask]).sum())} sample rows contradict the labels, the attack list or the " \
+                     f"previous eps"
+    return bad

@@ -14,7 +14,7 @@ from torch import nn
 from robustkit.attacks import Attack, build_attack
 from robustkit.data import Dataset
 from robustkit.defenses.base import declared_adaptive_attacks, held_out_overlap
-from robustkit.errors import ConfigError, RobustkitError
+from robustkit.errors import ConfigError, RobustkitError, short_repr
 from robustkit.threat import canonical_norm, parse_eps, validate_eps
 
 
@@ -57,12 +57,12 @@ class Sweep:
                                   f"from its calibration split")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ConfigError(f"models: two models are named {dup[0]!r}; give each a distinct name")
+            raise ConfigError(f"models: two models are named {short_repr(dup[0])}; give each a distinct name")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed: expected an integer, got {self.seed!r}")
+            raise ConfigError(f"seed: expected an integer, got {short_repr(self.seed)}")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or self.batch_size < 1):
-            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+            raise ConfigError(f"batch_size: expected a positive integer, got {short_repr(self.batch_size)}")
 
     @property
     def labels(self) -> list[str]:
@@ -89,7 +89,7 @@ def build_suite(specs: Sequence[Any], field_name: str = "attacks") -> list[Attac
     if isinstance(specs, (str, dict, Attack)):
         specs = [specs]
     if not isinstance(specs, (list, tuple)) or not specs:
-        raise ConfigError(f"{field_name}: expected a non-empty list of attacks, got {specs!r}")
+        raise ConfigError(f"{field_name}: expected a non-empty list of attacks, got {short_repr(specs)}")
     suite = []
     for i, spec in enumerate(specs):
         try:
@@ -127,11 +127,11 @@ def check_suite(attacks: Sequence[Attack], norm: str) -> None:
         if not isinstance(attack, Attack):
             raise ConfigError(f"attacks[{i}]: expected a robustkit Attack, got {type(attack).__name__}")
         if norm not in attack.norms:
-            raise ConfigError(f"attacks[{i}]: attack {attack.name!r} supports norms {', '.join(attack.norms)}, "
+            raise ConfigError(f"attacks[{i}]: attack {short_repr(attack.name)} supports norms {', '.join(attack.norms)}, "
                               f"not {norm}")
         if attack.params.get("targeted") == "given":
-            raise ConfigError(f"attacks[{i}]: attack {attack.name!r}: targeted: given needs target labels, which a "
+            raise ConfigError(f"attacks[{i}]: attack {short_repr(attack.name)}: targeted: given needs target labels, which a "
                               f"sweep does not have; use random or least-likely")
         if labels.count(attack.label) > 1:
-            raise ConfigError(f"attacks[{i}]: two attacks are labelled {attack.label!r}; give each a distinct "
+            raise ConfigError(f"attacks[{i}]: two attacks are labelled {short_repr(attack.label)}; give each a distinct "
                               f"'label:' (it names the acc_<label> column)")

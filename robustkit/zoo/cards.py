@@ -8,16 +8,15 @@ ignored ``normalisation`` would give plausible-looking but wrong accuracies.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-import yaml
 
-from robustkit.errors import ConfigError, check_keys, unknown_name
+from robustkit.errors import ConfigError, check_keys, unknown_name, short_repr
 from robustkit.threat import canonical_norm, parse_eps
+from robustkit.userfiles import read_yaml_file
 
 from .arch_registry import ARCHS
 from .normalize import parse_normalization
@@ -92,7 +91,7 @@ def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: {key}: expected a string, got {short_repr(value)}")
     return value.strip() or None
 
 
@@ -104,7 +103,7 @@ def _threat_model(value: Any, where: str) -> str | None:
         eps_text = str(value["eps"]).strip()
         parse_eps(value["eps"], field=f"{where}: threat_model.eps")
         return f"{norm} {eps_text}"
-    raise ConfigError(f"{where}: threat_model: expected a string like 'Linf 8/255' or {{norm, eps}}, got {value!r}")
+    raise ConfigError(f"{where}: threat_model: expected a string like 'Linf 8/255' or {{norm, eps}}, got {short_repr(value)}")
 
 
 def _checkpoint(value: Any, where: str, base_dir: Path | None) -> CheckpointSpec | None:
@@ -118,31 +117,31 @@ def _checkpoint(value: Any, where: str, base_dir: Path | None) -> CheckpointSpec
         p = Path(text).expanduser()
         return CheckpointSpec(path=p if p.is_absolute() else (base / p))
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: checkpoint: expected a path or a mapping with file/sha256/url, got {value!r}")
+        raise ConfigError(f"{where}: checkpoint: expected a path or a mapping with file/sha256/url, got {short_repr(value)}")
     check_keys(value, CHECKPOINT_KEYS, f"{where}: checkpoint: ")
     for k in ("path", "url", "sha256", "file", "key"):
         if value.get(k) is not None and not isinstance(value[k], str):
-            raise ConfigError(f"{where}: checkpoint.{k}: expected a string, got {value[k]!r}")
+            raise ConfigError(f"{where}: checkpoint.{k}: expected a string, got {short_repr(value[k])}")
     index = value.get("index")
     if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
-        raise ConfigError(f"{where}: checkpoint.index: expected an integer >= 0, got {index!r}")
+        raise ConfigError(f"{where}: checkpoint.index: expected an integer >= 0, got {short_repr(index)}")
     sha = value.get("sha256")
     if sha is not None:
         sha = sha.strip().lower()
         if not _SHA256.match(sha):
-            raise ConfigError(f"{where}: checkpoint.sha256: expected 64 hex digits, got {value['sha256']!r}")
+            raise ConfigError(f"{where}: checkpoint.sha256: expected 64 hex digits, got {short_repr(value['sha256'])}")
     has_path, has_file = bool(value.get("path")), bool(value.get("file"))
     if has_path == has_file:
         raise ConfigError(f"{where}: checkpoint: give exactly one of path (a local file) or file (+ sha256, url)")
     url = value.get("url")
     if url is not None and not url.lower().startswith(("https://", "http://", "file://")):
-        raise ConfigError(f"{where}: checkpoint.url: expected an http(s):// or file:// URL, got {url!r}")
+        raise ConfigError(f"{where}: checkpoint.url: expected an http(s):// or file:// URL, got {short_repr(url)}")
     if has_file:
         rel = PurePosixPath(value["file"])
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise ConfigError(f"{where}: checkpoint.file: expected a relative path without '..', got {value['file']!r}")
+            raise ConfigError(f"{where}: checkpoint.file: expected a relative path without '..', got {short_repr(value['file'])}")
         if sha is None:
-            raise ConfigError(f"{where}: checkpoint: file {value['file']!r} needs its sha256")
+            raise ConfigError(f"{where}: checkpoint: file {short_repr(value['file'])} needs its sha256")
         return CheckpointSpec(file=str(rel), sha256=sha, url=url, key=value.get("key"), index=index)
     p = Path(value["path"]).expanduser()
     return CheckpointSpec(path=p if p.is_absolute() else (base / p), sha256=sha, url=url,
@@ -161,23 +160,23 @@ def parse_card(data: Any, *, origin: str, base_dir: Path | None = None, path: Pa
     check_keys(data, CARD_KEYS, f"{where}: ")
     for k in REQUIRED_KEYS:
         if not isinstance(data.get(k), str) or not data[k].strip():
-            raise ConfigError(f"{where}: {k}: required, expected a non-empty string, got {data.get(k)!r}")
+            raise ConfigError(f"{where}: {k}: required, expected a non-empty string, got {short_repr(data.get(k))}")
     name = data["name"].strip()
     arch = data["arch"].strip()
     if name != arch and (is_external(name) or "/" in name or "\\" in name):
         # (an external model may be named by its spec, e.g. "timm:resnet18", when it is also its arch)
-        raise ConfigError(f"{where}: name: {name!r} must not contain '/', '\\' or an external prefix like 'timm:'")
+        raise ConfigError(f"{where}: name: {short_repr(name)} must not contain '/', '\\' or an external prefix like 'timm:'")
     if not is_external(arch) and arch.lower() not in ARCHS:
         raise ConfigError(f"{where}: arch: {unknown_name('architecture', arch, ARCHS.names())}")
     arch_kwargs = data.get("arch_kwargs") or {}
     if not isinstance(arch_kwargs, Mapping) or not all(isinstance(k, str) for k in arch_kwargs):
-        raise ConfigError(f"{where}: arch_kwargs: expected a mapping of argument names to values, got {arch_kwargs!r}")
+        raise ConfigError(f"{where}: arch_kwargs: expected a mapping of argument names to values, got {short_repr(arch_kwargs)}")
     num_classes = data.get("num_classes", 10)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"{where}: num_classes: expected a positive integer, got {num_classes!r}")
+        raise ConfigError(f"{where}: num_classes: expected a positive integer, got {short_repr(num_classes)}")
     acc = data.get("reported_clean_acc")
     if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 100):
-        raise ConfigError(f"{where}: reported_clean_acc: expected a percentage between 0 and 100, got {acc!r}")
+        raise ConfigError(f"{where}: reported_clean_acc: expected a percentage between 0 and 100, got {short_repr(acc)}")
     return ModelCard(
         name=name,
         arch=arch,
@@ -203,16 +202,5 @@ def read_card_file(path: str | Path) -> ModelCard:
     origin = f"model card {p}"
     if p.suffix.lower() not in CARD_SUFFIXES:
         raise ConfigError(f"{origin}: expected a .yaml, .yml or .json file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{origin}: cannot read it ({exc.strerror or exc})") from exc
-    try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else (
-            f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "")
-        problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or "syntax error"
-        raise ConfigError(f"{origin}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}{line}: {problem}") from exc
+    data = read_yaml_file(p, origin)  # bounded: size and expanded aliases (robustkit.userfiles)
     return parse_card(data, origin=origin, base_dir=p.parent.resolve(), path=p.resolve())

@@ -1,7 +1,8 @@
 """The zoo index: built-in cards, user card folders (``--zoo DIR``) and the digits quickstart zoo.
 
-Names are looked up case-insensitively. A user folder may shadow a built-in name (e.g. to pin a local copy
-of a checkpoint), but the same name twice among user folders is an error: which one would be evaluated
+Names are looked up case-insensitively. A user folder may shadow a built-in or digits name (e.g. to pin a
+local copy of a checkpoint); ``robustkit zoo list`` marks such a card ``(shadows built-in ...)``, so that the
+replacement is never silent. But the same name twice among user folders is an error: which one would be evaluated
 would otherwise depend on argument order.
 """
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ZooEntry:
     card: ModelCard
     available: str
     group: str  # "built-in", "digits", or the user folder
+    shadows: str | None = None  # a user card named like a built-in or digits model: which one it replaces
 
 
 def list_entries(zoo_dirs: Iterable[str | os.PathLike] = (), *, weights_dir: str | os.PathLike | None = None,
@@ -94,8 +96,10 @@ def list_entries(zoo_dirs: Iterable[str | os.PathLike] = (), *, weights_dir: str
         entries += _digits_entries()
     for folder, card in _user_cards(zoo_dirs):
         key = card.name.lower()
-        entries = [e for e in entries if e.card.name.lower() != key or e.group != "built-in"]
-        entries.append(ZooEntry(card, checkpoint_status(card, weights_dir=weights_dir), str(folder)))
+        replaced = [e for e in entries if e.card.name.lower() == key and e.group in ("built-in", "digits")]
+        entries = [e for e in entries if e not in replaced]
+        entries.append(ZooEntry(card, checkpoint_status(card, weights_dir=weights_dir), str(folder),
+                                shadows=f"{replaced[0].group} {replaced[0].card.name}" if replaced else None))
     return entries
 
 

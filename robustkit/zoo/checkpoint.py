@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from robustkit.errors import CheckpointError
+from robustkit.outputs import output_dir, write_with
 
 # Keys under which training scripts commonly nest the weights, tried in this order.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "module",
@@ -39,6 +40,12 @@ _NOT_WEIGHTS = ("optim", "sched", "scaler")
 def _short(items: list[str], limit: int = _LIST_LIMIT) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -84,8 +91,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
         try:
             return load_file(str(p), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {p}: not a valid safetensors file ({exc})") from exc
+        except (SafetensorError, OSError, ValueError, Exception) as exc:  # noqa: BLE001 - any garbage file
+            raise CheckpointError(f"checkpoint {p}: not a valid safetensors file ({_first_line(exc)})") from None
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -96,9 +103,10 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"checkpoint {p}: refused for safety: loading it would import and run code from the file{what}; "
             f"re-save its state dict (torch.save(model.state_dict(), ...)) or convert it to safetensors"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {p}: not a readable torch checkpoint ({first})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, Exception) as exc:  # noqa: BLE001
+        # torch.load's readers fail on garbage with anything (IndexError, TypeError, struct.error, ...):
+        # whatever it is, the file is not a checkpoint robustkit can read
+        raise CheckpointError(f"checkpoint {p}: not a readable torch checkpoint ({_first_line(exc)})") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -235,7 +243,6 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
     from safetensors.torch import save_file
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(p.parent)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(p), metadata=metadata)
-    return p
+    return write_with(p, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, short_repr
 
 from .arch_registry import build_arch
 from .cards import CARD_SUFFIXES, ModelCard, is_external, parse_card, read_card_file
@@ -36,14 +36,14 @@ def resolve_card(name_or_card: str | os.PathLike | Mapping[str, Any], *, zoo_dir
     """Turn a zoo name, an external name, a card path or a config mapping into a validated card."""
     if isinstance(name_or_card, Mapping):
         label = name_or_card.get("name")
-        origin = f"model {label!r}" if isinstance(label, str) else "model config"
+        origin = f"model {short_repr(label)}" if isinstance(label, str) else "model config"
         base = Path(base_dir).expanduser() if base_dir is not None else None
         return parse_card(name_or_card, origin=origin, base_dir=base)
     if not isinstance(name_or_card, (str, os.PathLike)):
         raise ConfigError(f"model: expected a zoo name, a card path or a mapping, got {type(name_or_card).__name__}")
     text = os.fspath(name_or_card)
     if is_external(text):
-        return parse_card({"name": text, "arch": text}, origin=f"model {text!r}")
+        return parse_card({"name": text, "arch": text}, origin=f"model {short_repr(text)}")
     if Path(text).suffix.lower() in CARD_SUFFIXES:
         path = Path(text).expanduser()
         if not path.is_absolute() and base_dir is not None:
@@ -69,7 +69,7 @@ def _build(card: ModelCard, ckpt_path: Path | None, download: bool) -> tuple[nn.
         sd = load_state_dict(ckpt_path, key=spec.key if spec else None, index=spec.index if spec else None)
         load_into(net, sd, source=f"checkpoint {ckpt_path}", arch=card.arch)
     else:
-        warnings.warn(f"model {card.name!r} has no checkpoint: its weights are randomly initialized", stacklevel=3)
+        warnings.warn(f"model {short_repr(card.name)} has no checkpoint: its weights are randomly initialized", stacklevel=3)
     return with_normalization(net, card.normalization), meta
 
 

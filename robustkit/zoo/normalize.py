@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, short_repr
 
 # Named presets a card may use instead of spelling out the numbers.
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -51,12 +51,12 @@ def parse_normalization(value: Any, field: str = "normalization") -> tuple[tuple
         key = value.strip().lower()
         if key not in NORMALIZATION_PRESETS:
             raise ConfigError(
-                f"{field}: unknown preset {value!r}; expected null, one of {', '.join(NORMALIZATION_PRESETS)} "
+                f"{field}: unknown preset {short_repr(value)}; expected null, one of {', '.join(NORMALIZATION_PRESETS)} "
                 f"or {{mean: [...], std: [...]}}"
             )
         return NORMALIZATION_PRESETS[key]
     if not isinstance(value, dict) or set(value) != {"mean", "std"}:
-        raise ConfigError(f"{field}: expected null, a preset name or a mapping with exactly mean and std, got {value!r}")
+        raise ConfigError(f"{field}: expected null, a preset name or a mapping with exactly mean and std, got {short_repr(value)}")
     out = []
     for part in ("mean", "std"):
         seq = value[part]
@@ -65,7 +65,7 @@ def parse_normalization(value: Any, field: str = "normalization") -> tuple[tuple
         if not isinstance(seq, (list, tuple)) or not seq or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in seq
         ):
-            raise ConfigError(f"{field}.{part}: expected a non-empty list of numbers, got {seq!r}")
+            raise ConfigError(f"{field}.{part}: expected a non-empty list of numbers, got {short_repr(seq)}")
         out.append(tuple(float(v) for v in seq))
     mean, std = out
     if len(mean) != len(std):
