@@ -28,6 +28,7 @@ import torch
 import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.attacks.transfer import TransferGridAttack
+from robustkit.outputs import output_dir, write_text, write_with
 from robustkit.threat import ThreatModel
 
 from . import identity
@@ -74,7 +75,7 @@ def run_transfer_grid(sweep: Sweep, out: Path, device: torch.device, batch_size:
     if not attacks:
         return None
     cache = Path(out) / "transfer_grid"
-    cache.mkdir(parents=True, exist_ok=True)
+    output_dir(cache)
     rows: list[dict[str, Any]] = []
     x_all, y_all = sweep.dataset.x, sweep.dataset.y
     for entry in sweep.models:
@@ -96,15 +97,13 @@ def run_transfer_grid(sweep: Sweep, out: Path, device: torch.device, batch_size:
                                      identity.batch_seed(sweep.seed, key, 0), batch_size)
                     finally:
                         entry.model.to(original)
-                    tmp = path.with_name(path.name + ".tmp")
-                    tmp.write_text(json.dumps(cell), encoding="utf-8")
-                    tmp.replace(path)
+                    write_text(path, json.dumps(cell))
                 label = entry.name if len(attacks) == 1 else f"{entry.name} [{attack.label}]"
                 for row in cell:
                     rows.append({"model": label, "eps": eps, **row,
                                  "robust_acc": round(100.0 * row["robust_count"] / max(1, row["n_examples"]), 2)})
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.to_csv(Path(out) / GRID_CSV, index=False)
+    write_text(Path(out) / GRID_CSV, table.to_csv(index=False))
     figure = write_heatmap(table, Path(out) / GRID_PNG)
     append_to_report(Path(out), table, figure)
     return table
@@ -125,8 +124,7 @@ def append_to_report(out: Path, table: pd.DataFrame, figure: Path | None) -> Non
                      f"({row.robust_count}/{row.n_examples}) |")
     if figure is not None:
         lines += ["", f"![transfer grid]({figure.name})"]
-    report.write_text(report.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n",
-                      encoding="utf-8")
+    write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 def write_heatmap(table: pd.DataFrame, path: Path) -> Path | None:
@@ -155,6 +153,8 @@ def write_heatmap(table: pd.DataFrame, path: Path) -> Path | None:
         worst = table[(table["model"] == model) & (table["eps"] == eps) & (table["surrogate"] == WORST)]
         ax.set_title(f"{model}, eps {eps:.4g}\nworst case {float(worst['robust_acc'].iloc[0]):.1f}%", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path
