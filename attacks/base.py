@@ -99,6 +99,9 @@ class Attack:
     supports_targeted: ClassVar[bool] = True
     implementation: ClassVar[str] = "robustkit"
     defaults: ClassVar[dict[str, Any]] = {}
+    # True for attacks that read a patch threat model (robustkit.patch): their perturb() then also receives
+    # ``mask`` and ``patch_side``; any other attack under a patch threat model is a ConfigError.
+    patch_aware: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -193,6 +196,10 @@ class Attack:
                  target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> AttackResult:
         if threat.norm not in self.norms:
             raise ConfigError(f"attack {short_repr(self.name)} supports norms {', '.join(self.norms)}, not {threat.norm}")
+        is_patch = threat.mask is not None or threat.patch_side is not None
+        if is_patch and not self.patch_aware:
+            raise ConfigError(f"attack {short_repr(self.name)} does not support patch threat models")
+        extra = {"mask": threat.mask, "patch_side": threat.patch_side} if self.patch_aware else {}
         device = model_device(model)
         x = x.detach().to(device=device, dtype=torch.float32)
         y = y.detach().to(device=device, dtype=torch.long)
@@ -205,10 +212,13 @@ class Attack:
                 x_adv = x.clone()
                 info: dict[str, Any] = {}
             else:
-                out = self.perturb(model, x, y, eps, threat.norm, target=target, generator=generator)
+                out = self.perturb(model, x, y, eps, threat.norm, target=target, generator=generator, **extra)
                 x_adv, info = out if isinstance(out, tuple) else (out, {})
-                x_adv = project(x, x_adv.detach().to(device=device, dtype=torch.float32), eps, threat.norm)
-            norms = check_budget(x, x_adv, eps, threat.norm, who=f"attack {short_repr(self.name)}")
+                x_adv = project(x, x_adv.detach().to(device=device, dtype=torch.float32), eps, threat.norm,
+                                mask=threat.mask)
+            norms = check_budget(x, x_adv, eps, threat.norm, who=f"attack {short_repr(self.name)}",
+                             mask=threat.mask,
+                                 patch_side=threat.patch_side)
             # randomized: robust only if a strict majority of the passes is correct (see robustkit.predict)
             n_votes = DEFAULT_VOTE_PASSES if randomized else 1
             pred = predict(model, x_adv, n_passes=n_votes) if x.shape[0] else y.clone()

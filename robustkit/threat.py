@@ -3,6 +3,11 @@
 Inputs live in [0, 1]. A perturbation counts only if ``x_adv`` is in [0, 1] and
 ``||x_adv - x||_p <= eps * (1 + 1e-6)`` (norm computed in float64). :func:`project` is written so that
 its output always passes :func:`check_budget`, also after float32 rounding of ``x + delta``.
+
+A patch threat model (:mod:`robustkit.patch`) restricts *where* x may change on top of the ball: either a
+known ``mask`` per sample (a patch at a fixed or random place: every changed value must lie inside it) or
+only a ``patch_side`` (a patch the attack places itself: all changed pixels must fit in one square of that
+side). The check compares values exactly, so a single stray pixel outside the patch is a violation.
 """
 from __future__ import annotations
 
@@ -55,10 +60,16 @@ def validate_eps(eps: float, norm: str, field: str = "eps") -> float:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """A norm ball of radius ``eps`` around each input. ``eps`` may be a float or a per-sample tensor."""
+    """A norm ball of radius ``eps`` around each input. ``eps`` may be a float or a per-sample tensor.
+
+    ``mask`` (bool, (n, 1 or C, H, W)): where each sample may change (a patch at a known place);
+    ``patch_side``: the changed pixels of each sample must fit in a square of this side (a placed patch).
+    """
 
     norm: str
     eps: EpsLike
+    mask: torch.Tensor | None = None
+    patch_side: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
@@ -76,13 +87,17 @@ class ThreatModel:
 
     def subset(self, index: torch.Tensor) -> "ThreatModel":
         """The same threat model for a subset of the batch (per-sample eps follows the index)."""
-        if isinstance(self.eps, torch.Tensor) and self.eps.numel() > 1:
-            return ThreatModel(self.norm, self.eps[index.to(self.eps.device)])
-        return self
+        eps = self.eps
+        if isinstance(eps, torch.Tensor) and eps.numel() > 1:
+            eps = eps[index.to(eps.device)]
+        mask = None if self.mask is None else self.mask[index.to(self.mask.device)]
+        return ThreatModel(self.norm, eps, mask, self.patch_side)
 
     def describe(self) -> str:
         eps = self.eps if not isinstance(self.eps, torch.Tensor) else "per-sample"
-        return f"{self.norm} eps={eps}"
+        where = "" if self.mask is None else ", patch mask"
+        where += "" if self.patch_side is None else f", patch side {self.patch_side}"
+        return f"{self.norm} eps={eps}{where}"
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -120,11 +135,15 @@ def _project_l1_ball(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return out.reshape(delta.shape)
 
 
-def project(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str) -> torch.Tensor:
+def project(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     """Project ``x_adv`` onto {z in [0,1]: ||z - x||_p <= eps}, robust to float32 rounding.
 
     ``eps`` is a float or a per-sample tensor of shape (n,). The result always passes :func:`check_budget`.
+    With a patch ``mask``, values outside it are reset to ``x`` exactly (before the norm projection).
     """
+    if mask is not None:
+        x_adv = torch.where(mask.to(x.device).expand_as(x), x_adv, x)
     norm = canonical_norm(norm)
     if not isinstance(eps, torch.Tensor):
         eps = torch.full((x.shape[0],), float(eps), device=x.device, dtype=x.dtype)
@@ -153,10 +172,12 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, nor
 
 
 def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str,
-                 *, rtol: float = RTOL, who: str = "attack") -> torch.Tensor:
+                 *, rtol: float = RTOL, who: str = "attack", mask: torch.Tensor | None = None,
+                 patch_side: int | None = None) -> torch.Tensor:
     """Raise BudgetViolationError unless every x_adv is in [0, 1] and within eps (relative tol rtol).
 
-    Returns the per-sample perturbation norms (float64).
+    With a patch ``mask`` no value outside it may differ from ``x``; with ``patch_side`` the changed pixels
+    of each sample must fit in a square of that side. Returns the per-sample perturbation norms (float64).
     """
     if x_adv.shape != x.shape:
         raise BudgetViolationError(f"{who} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
@@ -165,6 +186,7 @@ def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float
     lo, hi = float(x_adv.min()) if x_adv.numel() else 0.0, float(x_adv.max()) if x_adv.numel() else 0.0
     if lo < 0.0 or hi > 1.0:
         raise BudgetViolationError(f"{who} left the input range [0, 1] (min {lo:.6g}, max {hi:.6g})")
+    _check_patch(x, x_adv, mask, patch_side, who)
     norms = perturbation_norm(x, x_adv, norm)
     if not isinstance(eps, torch.Tensor):
         eps_t = torch.full_like(norms, float(eps))
@@ -178,3 +200,32 @@ def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float
             f"{float(eps_t[i]):.8g} (relative tolerance {rtol:g})"
         )
     return norms
+
+
+def _check_patch(x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Tensor | None, patch_side: int | None,
+                 who: str) -> None:
+    """The patch part of the budget check: exact comparison, any channel counts as a changed pixel."""
+    if mask is None and patch_side is None:
+        return
+    changed = (x_adv.detach() != x.detach()).any(dim=1)  # (n, H, W)
+    if mask is not None:
+        m = mask.to(changed.device).bool()
+        m = m.any(dim=1) if m.dim() == 4 else m
+        outside = changed & ~m.expand_as(changed)
+        if bool(outside.any()):
+            per = outside.flatten(1).sum(dim=1)
+            i = int(per.nonzero()[0])
+            raise BudgetViolationError(f"{who} changed pixels outside its patch on {int((per > 0).sum())} "
+                                       f"sample(s): e.g. sample {i}, {int(per[i])} pixel(s)")
+    if patch_side is not None:
+        rows, cols = changed.any(dim=2), changed.any(dim=1)  # (n, H), (n, W)
+        for name, axis in (("rows", rows), ("columns", cols)):
+            idx = torch.arange(axis.shape[1], device=axis.device)
+            first = torch.where(axis, idx, axis.shape[1]).amin(dim=1)
+            last = torch.where(axis, idx, -1).amax(dim=1)
+            span = (last - first + 1).clamp_min(0)
+            bad = span > patch_side
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                raise BudgetViolationError(f"{who} changed pixels spanning {int(span[i])} {name} on sample {i}, "
+                                           f"more than its {patch_side}-pixel patch")

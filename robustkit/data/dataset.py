@@ -93,9 +93,14 @@ class Dataset:
     num_classes: int
     spec: dict[str, Any] = field(default_factory=dict)
     content_hash: str = field(init=False)
+    # subgroup id per example (int64 (N,)), for the subgroup metrics; not part of the content hash because
+    # it changes no verdict, only how the verdicts are summarised (robustkit.subgroups)
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _validate(self.name, self.x, self.y, self.classes, self.num_classes)
+        if self.groups is not None and tuple(self.groups.shape) != (len(self),):
+            raise DataError(f"dataset {self.name!r}: {tuple(self.groups.shape)} subgroup ids for {len(self)} examples")
         self.content_hash = content_hash(self.x, self.y)
 
     def __len__(self) -> int:
@@ -112,7 +117,9 @@ class Dataset:
             raise ConfigError(f"n_examples={n} but dataset {self.name!r} has only {len(self)} examples")
         spec = dict(self.spec)
         spec["n_examples"] = n
-        return Dataset(self.name, self.x[:n].clone(), self.y[:n].clone(), self.classes, self.num_classes, spec)
+        groups = None if self.groups is None else self.groups[:n].clone()
+        return Dataset(self.name, self.x[:n].clone(), self.y[:n].clone(), self.classes, self.num_classes, spec,
+                       groups=groups)
 
     def __repr__(self) -> str:
         c, h, w = self.x.shape[1:] if self.x.dim() == 4 else ("?", "?", "?")

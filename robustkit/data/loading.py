@@ -19,8 +19,10 @@ from robustkit.errors import ConfigError, DataError, RobustkitError, did_you_mea
 
 from .catalog import DATASETS, Loader, canonical_name, list_datasets
 from .dataset import Dataset, LoadedData
+from .subgroup_labels import parse_subgroups, read_subgroups
 
 RESERVED = ("root", "download", "n_examples")
+SUBGROUPS = "subgroups"  # a per-example group-id file for every dataset (robustkit.data.subgroup_labels)
 # Options that change where bytes come from but not which bytes (they are checksum-verified): kept out of
 # the spec so that a result computed from a mirror is recognized as the same data.
 NOT_IN_SPEC = ("mirror",)
@@ -143,6 +145,8 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
             raise ConfigError(f"dataset {short_repr(canonical)} download: expected true or false, got {short_repr(value)}")
     download = download or spec_download
     fields.update({k: v for k, v in options.items() if v is not None})
+    subgroups = fields.pop(SUBGROUPS, None)
+    subgroups_spec = parse_subgroups(subgroups, base_dir) if subgroups is not None else None
 
     root_path = _resolve_root(root, base_dir, canonical)
     n_examples = _check_n_examples(n_examples, canonical)
@@ -189,5 +193,9 @@ def load_dataset(spec: Any, *, root: Any = None, n_examples: int | None = None, 
         "options": {k: _jsonable(v, f"dataset {short_repr(canonical)} option {k}")
                     for k, v in sorted(resolved.items()) if k != "split" and k not in NOT_IN_SPEC},
     }
+    groups = None
+    if subgroups_spec is not None:
+        spec_out[SUBGROUPS] = subgroups_spec
+        groups = torch.from_numpy(read_subgroups(subgroups_spec, int(y.shape[0])))
     json.dumps(spec_out)  # guaranteed serialisable by _jsonable; fail loudly here if not
-    return Dataset(canonical, x.contiguous(), y.contiguous(), data.classes, num_classes, spec_out)
+    return Dataset(canonical, x.contiguous(), y.contiguous(), data.classes, num_classes, spec_out, groups=groups)

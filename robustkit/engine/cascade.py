@@ -156,7 +156,8 @@ def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seq
                                            f"not adversarial inputs")
             x_adv = x_adv.detach().to(device=xs.device, dtype=torch.float32)
             norms = check_budget(xs, x_adv, sub_threat.eps, threat.norm, rtol=RTOL,
-                                 who=f"attack {attack.label!r} (engine check)")
+                                 who=f"attack {attack.label!r} (engine check)", mask=sub_threat.mask,
+                                 patch_side=threat.patch_side)
             pred = predict(model, x_adv)
             broke = (pred != ys).cpu()
             broke_idx = idx[broke].tolist()
