@@ -88,3 +88,7 @@ class UniversalAttack(Attack):
     @property
     def fit_info(self) -> dict[str, Any]:
         return dict(self._fitted.info) if self._fitted is not None else {}
+
+    def restore(self, model: nn.Module, norm: str, eps: float, payload: torch.Tensor, info: dict[str, Any]) -> None:
+        """Reinstate a payload fitted earlier (read back from a results folder, so a resume does not refit)."""
+        self._fitted = Fitted(weakref.ref(model), norm, float(eps), payload.detach(), dict(info))

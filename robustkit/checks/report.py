@@ -18,6 +18,9 @@ from robustkit.outputs import write_text
 REPORT_MD = "report.md"
 
 
+THREAT_SECTIONS_MD = "threat_models.md"
+
+
 def _eps_text(eps: Any) -> str:
     from robustkit.engine.leaderboard import format_eps
 
@@ -106,6 +109,9 @@ def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
         mode = (record.get("provenance") or {}).get("checks")
         checks = store.checks(record["run_id"], mode=mode)
     md = (run_dir / LEADERBOARD_MD).read_text(encoding="utf-8") if (run_dir / LEADERBOARD_MD).is_file() else None
+    sections = run_dir / THREAT_SECTIONS_MD  # corruption / patch / universal sections (robustkit.engine.beyond_lp_tables)
+    if md is not None and sections.is_file():
+        md = md.rstrip() + "\n\n" + sections.read_text(encoding="utf-8")
     return render_report(record, md, checks)
 
 

@@ -25,6 +25,8 @@ from robustkit.defenses.certification import DEFAULT_RADII
 
 from .devices import resolve_device
 from .sweep import ModelEntry, Sweep, build_suite, check_suite, eps_list
+from .beyond_lp import check_specs
+from .threat_specs import ThreatSpec, split_threat_models
 
 CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output", "curve",
                "checks", "certified_radii")
@@ -53,6 +55,7 @@ class SweepConfig:
     checks: str = "cheap"           # evaluation checks: cheap | full | off (docs/checks.md)
     certified_radii: tuple[float, ...] = DEFAULT_RADII  # L2 radii of certified rows (certifiable defenses)
     raw: dict[str, Any] = field(default_factory=dict)
+    extra_threats: list[ThreatSpec] = field(default_factory=list)  # corruption / patch / universal sections
 
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {message}")
@@ -173,7 +176,17 @@ def _parse_defended_model(entry: dict[str, Any], where: str, base_dir: Path, sou
     return entry
 
 
-def _parse_threat(value: Any, source: str) -> tuple[str, list[float]]:
+def _parse_threat(value: Any, source: str) -> tuple[str, list[float], list[ThreatSpec]]:
+    """The Lp entry (norm, eps) and the non-Lp sections of ``threat_model`` (a mapping or a list)."""
+    lp, extra = split_threat_models(value, source)
+    if lp is None:
+        raise ConfigError(f"{source}: threat_model: needs one Lp entry (norm, eps) for the attacks; the corruption, "
+                          f"patch and universal sections come in addition to it")
+    norm, eps = _parse_lp_threat(lp, source)
+    return norm, eps, extra
+
+
+def _parse_lp_threat(value: Any, source: str) -> tuple[str, list[float]]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: threat_model: expected a mapping with norm and eps, got {short_repr(value)}")
     _check_keys(value, THREAT_KEYS, "threat_model: ", source)
@@ -213,7 +226,7 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         attacks = [attacks]
     if not isinstance(attacks, list) or not attacks:
         raise ConfigError(f"{source}: attacks: expected a non-empty list of attacks, got {short_repr(data['attacks'])}")
-    norm, eps = _parse_threat(data["threat_model"], source)
+    norm, eps, extra_threats = _parse_threat(data["threat_model"], source)
     cfg = SweepConfig(
         source=source, base_dir=base_dir,
         dataset=_parse_dataset(data["dataset"], base_dir, source),
@@ -222,6 +235,7 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         batch_size=batch_size, output=_path(output, base_dir) if output else None, raw=dict(data),
         checks=check_mode(data.get("checks"), f"{source}: checks"),
         certified_radii=_parse_radii(data.get("certified_radii", DEFAULT_RADII), source),
+        extra_threats=extra_threats,
     )
     # unknown attack names/parameters, duplicate labels and unsupported norms fail here, before any loading
     try:
@@ -290,13 +304,18 @@ def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: s
     try:
         sweep = Sweep(dataset=dataset, models=entries, attacks=build_attacks(cfg), norm=cfg.norm, eps=cfg.eps,
                       seed=cfg.seed if seed is None else seed, device=device or cfg.device,
-                      batch_size=batch_size if batch_size is not None else cfg.batch_size)
+                      batch_size=batch_size if batch_size is not None else cfg.batch_size,
+                      extra_threats=cfg.extra_threats)
+        check_specs(sweep)
     except ConfigError as exc:
         raise cfg.error(str(exc)) from None
     sweep.config = {"source": cfg.source, "config": _jsonable(cfg.raw), "dataset_spec": dataset.spec,
                     "models": [e.source for e in entries], "norm": sweep.norm, "eps": sweep.eps,
                     "attacks": [{"label": a.label, **a.config()} for a in sweep.attacks], "seed": sweep.seed,
                     "device": sweep.device, "batch_size": sweep.batch_size, "n_examples": len(dataset)}
+    if sweep.extra_threats:
+        sweep.config["threat_models"] = [{**s.describe(), "levels": s.levels, "baseline": s.baseline}
+                                         for s in sweep.extra_threats]
     curve_spec = parse_curve(cfg.raw.get("curve"), sweep.norm)
     if curve_spec is not None:
         sweep.config["curve"] = curve_spec.to_json()

@@ -45,6 +45,8 @@ from .progress import JobProgress
 from .store import ResultStore
 from .sweep import Sweep
 from .transfer_grid import run_transfer_grid
+from .beyond_lp import ExtraRunner, check_specs, plan_extra_jobs
+from .beyond_lp_tables import add_subgroup_columns, corruption_summary, section_tables, write_sections
 
 
 @dataclass
@@ -58,6 +60,7 @@ class RunResult:
     batches_computed: int
     batches_reused: int
     curve: pd.DataFrame | None = None  # curve.csv when the sweep asks for one (robustkit.engine.curve_fill)
+    sections: dict[str, pd.DataFrame] | None = None  # corruption / patch / universal tables (beyond_lp_tables)
 
 
 @contextlib.contextmanager
@@ -234,6 +237,7 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
     out = output_dir(out)
     device = resolve_device(sweep.device)
     probe_models(sweep, device)
+    check_specs(sweep)
     with OutputLock(out, wait=wait):
         return _run_locked(sweep, out, device, fresh=fresh, quiet=quiet, radii=radii, checks=checks)
 
@@ -241,14 +245,16 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
 def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, quiet: bool, radii: Any,
                 checks: str) -> RunResult:
     jobs = plan_jobs(sweep)
-    run_id = compute_run_id(sweep, jobs)
+    extra_jobs = plan_extra_jobs(sweep, {e.name: _fingerprint(e.model) for e in sweep.models})
+    run_id = compute_run_id(sweep, [*jobs, *extra_jobs])
     requested_batch = sweep.batch_size or auto_batch_size(tuple(sweep.dataset.x.shape[1:]), device)
     with ResultStore.open(out, fresh=fresh) as store:
         config = sweep.config or describe_sweep(sweep)
         attempt = store.begin_run(run_id, {**config, "run_id": run_id}, robustkit.__version__, str(device))
-        store.link_jobs(run_id, [(j.job_id, j.model) for j in jobs])
+        store.link_jobs(run_id, [(j.job_id, j.model) for j in [*jobs, *extra_jobs]])
         store.set_provenance(run_id, {**run_provenance(sweep, device), "checks": checks})
         runner = _JobRunner(sweep, store, run_id, attempt, device, quiet)
+        extra = ExtraRunner(sweep, store, out, run_id, attempt, device, requested_batch, quiet)
         try:
             for entry in sweep.models:
                 model_jobs = [j for j in jobs if j.model == entry.name]
@@ -261,6 +267,7 @@ def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, q
                 with _on_device(entry.model, device), eval_mode(entry.model):
                     for job, batch_size in zip(model_jobs, sizes):
                         runner.run_job(entry.model, job, batch_size)
+            extra.run(extra_jobs)
         except BaseException:
             store.finish_run(run_id, "interrupted")
             raise
@@ -271,13 +278,18 @@ def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, q
         board = build_leaderboard(store, sweep, jobs, run_id, flags_by_row(check_results, sweep.eps))
         board = add_defense_rows(board, {e.name: leaderboard_fields(e.model)["defense"] for e in sweep.models},
                                  certified)
+        board = add_subgroup_columns(board, per_sample, sweep)
+        tables = section_tables(store, sweep, extra_jobs)
+        summary = corruption_summary(store, sweep, extra_jobs)
     write_outputs(out, board, per_sample)
+    write_sections(out, tables, summary)
     write_report(out)
     run_transfer_grid(sweep, out, device, requested_batch)
     curve_spec = parse_curve((sweep.config or {}).get("curve"), sweep.norm)
     curve = fill_curve(sweep, per_sample, curve_spec, out, device) if curve_spec is not None else None
     return RunResult(run_id=run_id, leaderboard=board, per_sample=per_sample, out=out,
-                     batches_computed=runner.computed, batches_reused=runner.reused, curve=curve)
+                     batches_computed=runner.computed + extra.computed, batches_reused=runner.reused + extra.reused,
+                     curve=curve, sections=tables)
 
 
 def _ensure_job(store: ResultStore, sweep: Sweep, job: PlannedJob, batch_size: int) -> int:

@@ -40,6 +40,8 @@ class Sweep:
     device: str = "auto"
     batch_size: int | None = None
     config: dict[str, Any] = field(default_factory=dict)  # JSON-able description stored with the run
+    # non-Lp sections (corruption, patch, universal): robustkit.engine.threat_specs.ThreatSpec
+    extra_threats: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.norm = canonical_norm(self.norm)

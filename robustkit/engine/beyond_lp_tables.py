@@ -1,0 +1,197 @@
+"""Tables of the non-Lp sections, their report sections, and the subgroup columns of every table.
+
+Each section gets its own columns where Lp's eps makes no sense (docs/engine.md, "Beyond Lp"):
+
+* ``corruption.csv``: model, corruption, severity, n_examples, clean_acc, corruption_acc (+ intervals);
+  ``corruption_summary.csv``: per model the mean corruption accuracy, mCE and relative mCE against the
+  section's baseline model (paired bootstrap intervals, :func:`robustkit.corruptions.mce`);
+* ``patch.csv``: model, location, area, side, train/eval split, clean and robust accuracy, acc_<label>;
+* ``universal.csv``: model, norm, eps, train/eval split, clean and robust accuracy and the fooling rate
+  (held-out images classified correctly clean and wrongly under the perturbation, over those correct clean).
+
+Every rate has its 95% Clopper-Pearson interval. When the dataset has subgroup labels, every row also
+gets worst-group accuracy and MacroStd for clean and robust accuracy (:mod:`robustkit.subgroups`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustkit.checks.report import THREAT_SECTIONS_MD
+from robustkit.corruptions import mce
+from robustkit.outputs import write_text
+from robustkit.stats import clopper_pearson_percent
+from robustkit.subgroups import subgroup_metrics
+
+from .beyond_lp import ExtraJob
+from .leaderboard import format_eps, md_cell
+from .store import ResultStore
+from .sweep import Sweep
+
+SECTION_FILES = {"corruption": "corruption.csv", "patch": "patch.csv", "universal": "universal.csv"}
+SUMMARY_CSV = "corruption_summary.csv"
+SECTIONS_MD = THREAT_SECTIONS_MD
+
+
+def _pct(count: int, n: int) -> float:
+    return round(100.0 * count / n, 2) if n else float("nan")
+
+
+def _with_ci(row: dict[str, Any], name: str, count: int, n: int) -> None:
+    row[name] = _pct(count, n)
+    row[f"{name}_ci_low"], row[f"{name}_ci_high"] = clopper_pearson_percent(count, n)
+
+
+def subgroup_columns(samples: pd.DataFrame, groups: Any) -> dict[str, Any]:
+    """Worst-group accuracy and MacroStd of clean and robust verdicts (empty without subgroup labels)."""
+    if groups is None or samples.empty:
+        return {}
+    idx = samples["idx"].to_numpy(dtype=int) if "idx" in samples else samples["index"].to_numpy(dtype=int)
+    g = np.asarray(groups)[idx]
+    labels = samples["label"].to_numpy(dtype=int)
+    out: dict[str, Any] = {}
+    for prefix, column in (("clean", "clean_correct"), ("robust", "robust")):
+        m = subgroup_metrics(samples[column].to_numpy(dtype=float), labels, g)
+        out[f"{prefix}_worst_group_acc"] = m.worst_group_acc
+        out[f"{prefix}_worst_group_ci_low"], out[f"{prefix}_worst_group_ci_high"] = m.worst_group_ci
+        out[f"{prefix}_worst_group"] = m.worst_group
+        out[f"{prefix}_macro_std"] = m.macro_std
+        out[f"{prefix}_macro_std_ci_low"], out[f"{prefix}_macro_std_ci_high"] = m.macro_std_ci
+    return out
+
+
+def add_subgroup_columns(board: pd.DataFrame, per_sample: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
+    """The Lp leaderboard with subgroup columns per (model, eps) row, when the dataset has subgroup labels."""
+    groups = getattr(sweep.dataset, "groups", None)
+    if groups is None or board.empty or per_sample.empty:
+        return board
+    extra = []
+    for _, row in board.iterrows():
+        sel = per_sample[(per_sample["model"] == row["model"]) & (per_sample["eps"] == row["eps"])]
+        extra.append(subgroup_columns(sel, groups.numpy()) if row.get("evaluation", "empirical") == "empirical"
+                     and not sel.empty else {})
+    cols = pd.DataFrame(extra, index=board.index)
+    at = list(board.columns).index("seconds") if "seconds" in board.columns else len(board.columns)
+    return pd.concat([board.iloc[:, :at], cols, board.iloc[:, at:]], axis=1)
+
+
+def _split(job: ExtraJob, n: int) -> tuple[str, str]:
+    return (f"0..{job.start - 1}" if job.start else "", f"{job.start}..{n - 1}")
+
+
+def section_tables(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> dict[str, pd.DataFrame]:
+    """One table per non-Lp kind present in the sweep."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    groups = getattr(sweep.dataset, "groups", None)
+    for job in jobs:
+        spec = sweep.extra_threats[job.spec_index]
+        s = store.samples(job.job_id)
+        n = len(s)
+        row: dict[str, Any] = {"model": job.model, "dataset": sweep.dataset.name}
+        if job.kind == "corruption":
+            row.update({"corruption": job.level[0], "severity": int(job.level[1]), "n_examples": n})
+            _with_ci(row, "clean_acc", int(s["clean_correct"].sum()), n)
+            _with_ci(row, "corruption_acc", int(s["robust"].sum()), n)
+        else:
+            row["train_split"], row["eval_split"] = _split(job, len(sweep.dataset))
+            if job.kind == "patch":
+                h, w = sweep.dataset.x.shape[-2:]
+                row.update({"location": spec.location, "area": float(job.level),
+                            "side": int(round((float(job.level) * h * w) ** 0.5))})
+            else:
+                row.update({"norm": spec.norm, "eps": float(job.level)})
+            row["n_examples"] = n
+            _with_ci(row, "clean_acc", int(s["clean_correct"].sum()), n)
+            _with_ci(row, "robust_acc", int(s["robust"].sum()), n)
+            bits = s["robust_after"].tolist()
+            for j, label in enumerate(spec.labels):
+                row[f"acc_{label}"] = _pct(sum(b[j] == "1" for b in bits), n)
+            if job.kind == "universal":
+                correct = int(s["clean_correct"].sum())
+                _with_ci(row, "fooling_rate", correct - int(s["robust"].sum()), correct)
+            row["attacks"] = ";".join(f"{a.label}={a.config().get('implementation', 'unknown')}"
+                                      for a in spec.attacks)
+        row.update(subgroup_columns(s, None if groups is None else groups.numpy()))
+        row["seconds"] = round(store.job_seconds(job.job_id), 2)
+        rows.setdefault(job.kind, []).append(row)
+    tables = {}
+    for kind, items in rows.items():
+        table = pd.DataFrame(items)
+        if kind != "corruption":
+            group = ["dataset", "location", "area"] if kind == "patch" else ["dataset", "norm", "eps"]
+            table.insert(0, "rank", table.groupby(group)["robust_acc"].rank(method="min", ascending=False).astype(int))
+            table = table.sort_values(group + ["rank", "model"], kind="mergesort").reset_index(drop=True)
+        tables[kind] = table
+    return tables
+
+
+def corruption_summary(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> pd.DataFrame:
+    """Per model: clean accuracy, mean corruption accuracy, mCE and relative mCE against the baseline."""
+    by_model: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    clean: dict[str, np.ndarray] = {}
+    for job in (j for j in jobs if j.kind == "corruption"):
+        s = store.samples(job.job_id)
+        by_model.setdefault(job.model, {})[tuple(job.level)] = s["robust"].to_numpy(dtype=bool)
+        clean[job.model] = s["clean_correct"].to_numpy(dtype=bool)
+    if not by_model:
+        return pd.DataFrame()
+    baseline = next((spec.baseline for spec in sweep.extra_threats if spec.kind == "corruption"), None)
+    rows = []
+    for model, outcomes in by_model.items():
+        n = len(clean[model])
+        row: dict[str, Any] = {"model": model, "dataset": sweep.dataset.name, "n_examples": n,
+                               "corruptions": len({c for c, _ in outcomes}), "severities": len({s for _, s in outcomes})}
+        _with_ci(row, "clean_acc", int(clean[model].sum()), n)
+        total = sum(int(v.sum()) for v in outcomes.values())
+        _with_ci(row, "mean_corruption_acc", total, n * len(outcomes))
+        row["baseline"] = baseline or ""
+        for name, relative in (("mce", False), ("relative_mce", True)):
+            if baseline is None:
+                row[name] = row[f"{name}_ci_low"] = row[f"{name}_ci_high"] = float("nan")
+                continue
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = mce(
+                outcomes, by_model[baseline], clean[model], clean[baseline], relative=relative)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.insert(0, "rank", table["mean_corruption_acc"].rank(method="min", ascending=False).astype(int))
+    return table.sort_values(["rank", "model"], kind="mergesort").reset_index(drop=True)
+
+
+def _plain_md(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    for _, row in table.iterrows():
+        cells = []
+        for col, v in row.items():
+            if isinstance(v, float) and v != v:
+                cells.append("")
+            elif col == "eps":
+                cells.append(format_eps(float(v)))
+            else:
+                cells.append(f"{v:.2f}" if isinstance(v, float) else md_cell(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_sections(out: Path, tables: dict[str, pd.DataFrame], summary: pd.DataFrame) -> str:
+    """Write each section's CSV and ``threat_models.md`` (one section per threat model); return the markdown."""
+    parts = []
+    titles = {"corruption": "common corruptions", "patch": "adversarial patch", "universal": "universal perturbation"}
+    for kind in ("corruption", "patch", "universal"):
+        if kind not in tables:
+            continue
+        table = tables[kind]
+        write_text(Path(out) / SECTION_FILES[kind], table.to_csv(index=False))
+        hide = ("dataset", "attacks") + tuple(c for c in table.columns if "_ci_" in c and not c.startswith("robust_acc")
+                                              and not c.startswith("corruption_acc"))
+        parts.append(f"## Threat model: {kind} ({titles[kind]})\n\n" + _plain_md(table[[c for c in table.columns
+                                                                                        if c not in hide]]))
+        if kind == "corruption" and not summary.empty:
+            write_text(Path(out) / SUMMARY_CSV, summary.to_csv(index=False))
+            parts.append("### Corruption summary (mCE against the baseline)\n\n" + _plain_md(summary.drop(columns=["dataset"])))
+    text = "\n".join(parts)
+    if text:
+        write_text(Path(out) / SECTIONS_MD, text)
+    return text

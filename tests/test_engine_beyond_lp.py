@@ -1,0 +1,134 @@
+"""Sweeps that mix Lp attacks with corruptions, a patch and a universal perturbation (CLI end to end)."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from robustkit.cli import main
+from robustkit.corruptions import corrupt_images
+from robustkit.engine.config import load_config, resolve_config
+from robustkit.errors import ConfigError
+from robustkit.subgroups import ink_terciles, subgroup_metrics
+
+
+def _cifar_config(shared: Path, tmp_path: Path, **changes) -> Path:
+    cfg = {
+        "seed": 0, "device": "cpu", "batch_size": 6, "checks": "off", "output": str(tmp_path / "out"),
+        "dataset": {"name": "npz", "root": str(shared / "data/cifar10/cifar10_test_first100_exact.npz"),
+                    "n_examples": 12},
+        "models": ["cifar10-resnet20", "cifar10-resnet2b-pgd"],
+        "threat_model": [
+            {"norm": "Linf", "eps": ["1/255"]},
+            {"name": "corruption", "corruptions": ["gaussian_noise", "contrast"], "severities": [3],
+             "baseline": "cifar10-resnet20"},
+            {"name": "patch", "area": [0.05], "location": "random", "attacks": [{"name": "patch", "steps": 5}]},
+            {"name": "universal", "eps": ["8/255"], "train_examples": 6,
+             "attacks": [{"name": "uap", "epochs": 1, "batch_size": 6, "inner_iters": 1}]},
+        ],
+        "attacks": ["fgsm"],
+    }
+    cfg.update(changes)
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_mixed_sweep_writes_a_section_per_threat_model_and_resumes(shared_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    config = _cifar_config(shared_dir, tmp_path)
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    out = tmp_path / "out"
+    corr = pd.read_csv(out / "corruption.csv")
+    assert len(corr) == 4 and set(corr["corruption"]) == {"gaussian_noise", "contrast"}
+    # one cell recomputed by hand: resnet20 on gaussian noise, severity 3
+    sweep = resolve_config(load_config(config))
+    ds, model = sweep.dataset, sweep.models[0].model
+    xc = corrupt_images(ds.x, "gaussian_noise", 3, seed=0, indices=range(12))
+    with torch.no_grad():
+        expected = float((model(xc).argmax(1) == ds.y).float().mean()) * 100
+    row = corr[(corr.model == "cifar10-resnet20") & (corr.corruption == "gaussian_noise")].iloc[0]
+    assert row.corruption_acc == pytest.approx(expected, abs=0.01)
+    assert row.corruption_acc_ci_low <= row.corruption_acc <= row.corruption_acc_ci_high
+    summary = pd.read_csv(out / "corruption_summary.csv").set_index("model")
+    assert summary.loc["cifar10-resnet20", "mce"] == 100.0 and summary.loc["cifar10-resnet20", "relative_mce"] == 100.0
+    assert summary.loc["cifar10-resnet2b-pgd", "baseline"] == "cifar10-resnet20"
+    assert summary.loc["cifar10-resnet2b-pgd", "mce_ci_low"] <= summary.loc["cifar10-resnet2b-pgd", "mce"]
+    patch = pd.read_csv(out / "patch.csv")
+    assert set(patch["side"]) == {7} and (patch["robust_acc"] <= patch["clean_acc"]).all()
+    uni = pd.read_csv(out / "universal.csv", dtype={"train_split": str, "eval_split": str})
+    assert set(uni["train_split"]) == {"0..5"} and set(uni["eval_split"]) == {"6..11"}
+    assert (uni["n_examples"] == 6).all() and {"fooling_rate", "fooling_rate_ci_low"} <= set(uni.columns)
+    report = (out / "report.md").read_text()
+    for title in ("## Leaderboard", "## Threat model: corruption", "## Threat model: patch",
+                  "## Threat model: universal"):
+        assert title in report
+    before = {name: pd.read_csv(out / name).drop(columns="seconds") for name in ("corruption.csv", "patch.csv",
+                                                                                  "universal.csv")}
+    capsys.readouterr()
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    printed = " ".join((captured.out + captured.err).split())
+    assert "(0 batches computed, 18 reused)" in printed
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(out / name).drop(columns="seconds"), frame)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"threat_model": [{"norm": "Linf", "eps": 0.01}, {"name": "patch", "area": 1.5, "attacks": ["patch"]}]},
+     r"threat_model\[1\].area: expected patch fractions of the image area in \(0, 1\]"),
+    ({"threat_model": [{"norm": "Linf", "eps": 0.01}, {"name": "patch", "area": 0.5, "attacks": ["pgd"]}]},
+     r"threat_model\[1\].attacks\[0\]: attack 'pgd' does not support patch threat models"),
+    ({"threat_model": [{"norm": "Linf", "eps": 0.01}, {"name": "universal", "eps": 0.03, "attacks": ["uap"]}]},
+     r"threat_model\[1\].train_examples: required with a universal attack"),
+    ({"threat_model": [{"norm": "Linf", "eps": 0.01}, {"name": "corruption", "corruptions": ["fgo"]}]},
+     r"threat_model\[1\].corruptions: unknown corruption 'fgo'"),
+    ({"threat_model": [{"name": "corruption"}]}, r"threat_model: needs one Lp entry"),
+])
+def test_bad_sections_fail_before_loading(tmp_path, change, message):
+    cfg = {"dataset": "digits", "models": ["x"], "attacks": ["fgsm"], **change}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_sizes_and_names_fail_before_compute(shared_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    mnist = {"name": "mnist", "root": str(shared_dir / "data/mnist"), "n_examples": 10}
+    lenet = {"name": "lenet", "arch": "lenet5", "checkpoint": str(shared_dir / "weights/advertorch/mnist_lenet5_clntrained.pt")}
+    for tm, message in (
+            ({"name": "corruption", "corruptions": ["fog"]}, r"images are 28x28, but the corruptions need at least 32x32"),
+            ({"name": "patch", "area": 0.5, "location": "fixed", "position": [20, 0], "attacks": ["patch"]},
+             r"a 20-pixel patch at \[20, 0\] does not fit in a 28x28 image"),
+            ({"name": "universal", "eps": 0.1, "train_examples": 10, "attacks": ["uap"]},
+             r"train_examples: 10 leaves no held-out example of the 10")):
+        cfg = {"dataset": mnist, "models": [lenet], "attacks": ["fgsm"],
+               "threat_model": [{"norm": "Linf", "eps": 0.1}, tm]}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match=message):
+            resolve_config(load_config(tmp_path / "c.yaml"))
+
+
+def test_subgroup_columns_on_real_mnist(shared_dir, mnist_test, tmp_path):
+    """MNIST stroke-thickness terciles as a subgroup file; the leaderboard's columns equal a direct computation."""
+    n = 300
+    groups = ink_terciles(mnist_test.x[:n].numpy(), mnist_test.y[:n].numpy())
+    np.save(tmp_path / "thickness.npy", groups)
+    cfg = {"seed": 0, "device": "cpu", "checks": "off", "output": str(tmp_path / "out"),
+           "dataset": {"name": "mnist", "root": str(shared_dir / "data/mnist"), "n_examples": n,
+                       "subgroups": "thickness.npy"},
+           "models": [{"name": "lenet", "arch": "lenet5",
+                       "checkpoint": str(shared_dir / "weights/advertorch/mnist_lenet5_clntrained.pt")}],
+           "threat_model": {"norm": "Linf", "eps": 0.1}, "attacks": ["fgsm"]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(tmp_path / "c.yaml"), "--quiet"]) == 0
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv").iloc[0]
+    per = pd.read_csv(tmp_path / "out" / "per_sample.csv")
+    robust = subgroup_metrics(per["robust"].to_numpy(), per["label"].to_numpy(), groups[per["index"].to_numpy()])
+    clean = subgroup_metrics(per["clean_correct"].to_numpy(), per["label"].to_numpy(), groups)
+    assert board.robust_worst_group_acc == robust.worst_group_acc and board.robust_macro_std == robust.macro_std
+    assert board.clean_worst_group_acc == clean.worst_group_acc and board.clean_macro_std == clean.macro_std
+    assert board.robust_worst_group_acc < board.robust_acc and board.robust_macro_std > 0
+    assert board.robust_macro_std_ci_low <= board.robust_macro_std <= board.robust_macro_std_ci_high
