@@ -62,6 +62,7 @@ def test_mixed_sweep_writes_a_section_per_threat_model_and_resumes(shared_dir, t
     assert set(uni["train_split"]) == {"0..5"} and set(uni["eval_split"]) == {"6..11"}
     assert (uni["n_examples"] == 6).all() and {"fooling_rate", "fooling_rate_ci_low"} <= set(uni.columns)
     report = (out / "report.md").read_text()
+    assert (out / "corruption.png").stat().st_size > 1000
     for title in ("## Leaderboard", "## Threat model: corruption", "## Threat model: patch",
                   "## Threat model: universal"):
         assert title in report

@@ -22,7 +22,7 @@ import pandas as pd
 
 from robustkit.checks.report import THREAT_SECTIONS_MD
 from robustkit.corruptions import mce
-from robustkit.outputs import write_text
+from robustkit.outputs import write_text, write_with
 from robustkit.stats import clopper_pearson_percent
 from robustkit.subgroups import subgroup_metrics
 
@@ -33,6 +33,7 @@ from .sweep import Sweep
 
 SECTION_FILES = {"corruption": "corruption.csv", "patch": "patch.csv", "universal": "universal.csv"}
 SUMMARY_CSV = "corruption_summary.csv"
+CORRUPTION_PNG = "corruption.png"
 SECTIONS_MD = THREAT_SECTIONS_MD
 
 
@@ -188,6 +189,10 @@ def write_sections(out: Path, tables: dict[str, pd.DataFrame], summary: pd.DataF
                                               and not c.startswith("corruption_acc"))
         parts.append(f"## Threat model: {kind} ({titles[kind]})\n\n" + _plain_md(table[[c for c in table.columns
                                                                                         if c not in hide]]))
+        if kind == "corruption":
+            figure = corruption_plot(table, Path(out) / CORRUPTION_PNG)
+            if figure is not None:
+                parts.append(f"![accuracy under corruption]({figure.name})\n")
         if kind == "corruption" and not summary.empty:
             write_text(Path(out) / SUMMARY_CSV, summary.to_csv(index=False))
             parts.append("### Corruption summary (mCE against the baseline)\n\n" + _plain_md(summary.drop(columns=["dataset"])))
@@ -195,3 +200,37 @@ def write_sections(out: Path, tables: dict[str, pd.DataFrame], summary: pd.DataF
     if text:
         write_text(Path(out) / SECTIONS_MD, text)
     return text
+
+
+def corruption_plot(table: pd.DataFrame, path: Path) -> Path | None:
+    """Accuracy vs severity, one panel per corruption, one line per model (with 95% intervals)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - a broken matplotlib loses the figure, never the CSV
+        return None
+    names = list(dict.fromkeys(table["corruption"]))
+    cols = min(5, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        for model, frame in table[table["corruption"] == name].groupby("model", sort=False):
+            frame = frame.sort_values("severity")
+            err = [frame["corruption_acc"] - frame["corruption_acc_ci_low"],
+                   frame["corruption_acc_ci_high"] - frame["corruption_acc"]]
+            ax.errorbar(frame["severity"], frame["corruption_acc"], yerr=err, marker="o", capsize=2, label=model)
+        ax.set_title(name, fontsize=8)
+        ax.set_ylim(0, 100)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=6)
+    fig.supxlabel("severity", fontsize=8)
+    fig.supylabel("accuracy %", fontsize=8)
+    fig.tight_layout()
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+    return path
