@@ -139,12 +139,17 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, nor
             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Project ``x_adv`` onto {z in [0,1]: ||z - x||_p <= eps}, robust to float32 rounding.
 
-    ``eps`` is a float or a per-sample tensor of shape (n,). The result always passes :func:`check_budget`.
+    ``eps`` is a float or a per-sample tensor of shape (n,). The result always passes :func:`check_budget`
+    (property-tested for every norm, eps, shape and both supported dtypes, float32 and float64).
     With a patch ``mask``, values outside it are reset to ``x`` exactly (before the norm projection).
     """
     if mask is not None:
         x_adv = torch.where(mask.to(x.device).expand_as(x), x_adv, x)
     norm = canonical_norm(norm)
+    if x.dtype not in (torch.float32, torch.float64):
+        # one ulp of a half-precision pixel (up to 2**-11) is larger than the budget's tolerance: no rounding
+        # step could keep the result provably inside the ball, so say so instead of returning such a point
+        raise ConfigError(f"project: inputs must be float32 or float64, got {x.dtype} (attacks run in fp32)")
     if not isinstance(eps, torch.Tensor):
         eps = torch.full((x.shape[0],), float(eps), device=x.device, dtype=x.dtype)
     eps = eps.to(device=x.device, dtype=x.dtype)
