@@ -225,3 +225,34 @@ def test_names_and_labels_with_pipes_newlines_and_commas(tiny, cli):
     assert set(board["model"]) == {"evil|name,with\nnewline"}
     assert {"acc_f|g,s", "acc_p, g|d"} <= set(board.columns)
     assert out.splitlines()[0] == table[0]
+
+
+def test_wait_flag_waits_for_the_holder_then_runs(tiny, cli):
+    """``--wait``: the second run blocks until the first releases the folder, then runs normally."""
+    import threading
+
+    lock = OutputLock(tiny.out, command="first run")
+    lock.__enter__()
+    timer = threading.Timer(1.0, lock.__exit__, args=(None, None, None))
+    timer.start()
+    try:
+        code, _, err = cli("eval", "--config", tiny.config, "--wait", "-q")
+    finally:
+        timer.join()
+    assert code == 0, err
+    assert "(0 batches computed, 6 reused)" in err
+
+
+# -------------------------------------------------------------------------------------------- shadowing
+def test_user_card_shadowing_a_builtin_is_marked_in_zoo_list(tmp_path, cli):
+    """Issue 12: a user card named like a built-in silently replaced it."""
+    zoo = tmp_path / "myzoo"
+    zoo.mkdir()
+    (zoo / "mine.yaml").write_text("name: mnist-lenet5-clean\narch: lenet5\n")
+    (zoo / "other.yaml").write_text("name: my-own-model\narch: lenet5\n")
+    code, out, err = cli("zoo", "list", "--zoo", zoo)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "mnist-lenet5-clean" in line]
+    assert len(rows) == 1 and "(shadows built-in mnist-lenet5-clean)" in rows[0]
+    own = [line for line in out.splitlines() if "my-own-model" in line]
+    assert len(own) == 1 and "shadows" not in own[0]
