@@ -7,7 +7,6 @@ missing batches. See docs/engine.md ("Results store") for the schema.
 """
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
 import urllib.parse
@@ -22,8 +21,8 @@ import pandas as pd
 from robustkit.errors import RobustkitError
 
 from .identity import canonical_json
+from .store_integrity import DB_NAME, StoreError, failing_batches, one_line_errors
 
-DB_NAME = "results.sqlite"
 SCHEMA_VERSION = "1"
 
 SAMPLE_COLUMNS = ("idx", "label", "clean_pred", "clean_correct", "robust_after", "robust", "broken_by",
@@ -113,48 +112,6 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
-class StoreError(RobustkitError):
-    """The results store cannot be used: unreadable, damaged, tampered with, or on unwritable media."""
-
-
-def store_error(path: Path, exc: BaseException) -> RobustkitError:
-    """One line for any SQLite failure, saying what to do -- and advising ``--fresh`` (which deletes
-    results) only when the file itself is damaged, never for a read-only or busy folder."""
-    cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ is not None else exc
-    text = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-    low = text.lower()
-    if any(k in low for k in ("readonly", "read-only", "unable to open", "permission", "access")):
-        return StoreError(f"{path}: cannot write the results store ({text}): the output folder is read-only or "
-                          f"not writable; choose another output folder (robustkit report can read this one)")
-    if "locked" in low or "busy" in low:
-        return StoreError(f"{path}: the results store is locked by another process ({text}); wait for it to "
-                          f"finish or choose another output folder")
-    if isinstance(cause, sqlite3.IntegrityError):
-        return StoreError(f"{path}: the results store is inconsistent ({text}): it was changed outside "
-                          f"robustkit; move it away or run with --fresh to start over")
-    return StoreError(f"{path}: not a usable robustkit results store ({text}); move it away or run with "
-                      f"--fresh to start over")
-
-
-def _one_line_errors(cls: type) -> type:
-    """Wrap every public method (and ``__init__``) so that any SQLite error leaves as one :class:`StoreError`
-    line naming the file: a corrupt page, a dropped table, an integrity error or read-only media alike."""
-    def wrap(fn: Any) -> Any:
-        @functools.wraps(fn)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(self, *args, **kwargs)
-            except (sqlite3.Error, pd.errors.DatabaseError) as exc:
-                path = getattr(self, "path", None) or (args[0] if args else DB_NAME)
-                raise store_error(Path(path), exc) from None
-        return wrapper
-
-    for name, value in list(vars(cls).items()):
-        if callable(value) and (not name.startswith("_") or name == "__init__") and not isinstance(value, type):
-            setattr(cls, name, wrap(value))
-    return cls
-
-
 @dataclass(frozen=True)
 class StoredBatch:
     """A finished batch as recorded (its row id and timestamp show it was not recomputed on resume)."""
@@ -196,7 +153,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     raise last  # type: ignore[misc]  # turned into a one-line StoreError by the class wrapper
 
 
-@_one_line_errors
+@one_line_errors
 class ResultStore:
     """Read/write access to ``<out>/results.sqlite``. Use as a context manager so the file is closed."""
 
@@ -421,7 +378,7 @@ class ResultStore:
         batches = self.finished_batches(job_id)
         frame = self.samples(job_id)
         prev = self.samples(job_id=prev_job_id) if prev_job_id is not None else None
-        bad = _failing_batches(batches, frame, prev, n_examples=n_examples, batch_size=batch_size,
+        bad = failing_batches(batches, frame, prev, n_examples=n_examples, batch_size=batch_size,
                                labels=np.asarray(labels, dtype=np.int64), n_attacks=n_attacks)
         covered = np.zeros(max(n_examples, 0), dtype=bool)
         for i, b in batches.items():
@@ -435,44 +392,3 @@ class ResultStore:
                 c.executemany("DELETE FROM samples WHERE job_id = ? AND idx = ?", [(job_id, i) for i in orphans])
                 c.execute("UPDATE jobs SET finished_at = NULL WHERE job_id = ?", (job_id,))
         return [f"batch {i} ({bad[i]})" for i in sorted(bad)]
-
-
-def _failing_batches(batches: dict[int, StoredBatch], frame: pd.DataFrame, prev: pd.DataFrame | None, *,
-                     n_examples: int, batch_size: int, labels: np.ndarray, n_attacks: int) -> dict[int, str]:
-    """batch index -> why it fails (see :meth:`ResultStore.verify_job`)."""
-    idx = frame["idx"].to_numpy(dtype=np.int64)
-    in_range = (idx >= 0) & (idx < n_examples)
-    row_ok = np.zeros(len(frame), dtype=bool)
-    if len(frame):
-        safe = np.where(in_range, idx, 0)
-        bits = frame["robust_after"].astype(str)
-        well_formed = bits.str.fullmatch(f"[01]{{{n_attacks}}}").to_numpy(dtype=bool)
-        cumulative = ~bits.str.contains("01", regex=False).to_numpy(dtype=bool)
-        last = bits.str[-1:].eq("1").to_numpy(dtype=bool)
-        first = bits.str[:1].eq("1").to_numpy(dtype=bool)
-        clean_correct = frame["clean_correct"].to_numpy()
-        robust = frame["robust"].to_numpy()
-        label = frame["label"].to_numpy()
-        pred = frame["clean_pred"].to_numpy()
-        row_ok = (in_range & well_formed & cumulative & (label == labels[safe])
-                  & np.isin(clean_correct, (0, 1)) & np.isin(robust, (0, 1))
-                  & (clean_correct == (pred == label)) & (robust == last) & (robust <= clean_correct)
-                  & (first <= (clean_correct == 1)))
-        if prev is not None:
-            prev_robust = dict(zip(prev["idx"].to_numpy(dtype=np.int64), prev["robust"].to_numpy()))
-            before = np.array([prev_robust.get(int(i), -1) for i in idx])
-            row_ok &= (before >= 0) & (robust <= np.maximum(before, 0))
-    bad: dict[int, str] = {}
-    for i, b in batches.items():
-        start, stop = i * batch_size, min(n_examples, (i + 1) * batch_size)
-        if i < 0 or start >= n_examples or (b.start, b.stop) != (start, stop):
-            bad[i] = f"range {b.start}..{b.stop} does not fit the batch layout"
-            continue
-        mask = (idx >= start) & (idx < stop)
-        count = int(mask.sum())
-        if count != stop - start:
-            bad[i] = f"{count} of {stop - start} sample rows"
-        elif not row_ok[mask].all():
-            bad[i] = f"{int((~row_ok[mask]).sum())} sample rows contradict the labels, the attack list or the " \
-                     f"previous eps"
-    return bad

@@ -66,6 +66,23 @@ def _cell(model: torch.nn.Module, attack: TransferGridAttack, x: torch.Tensor, y
     return rows
 
 
+def _cached_cell(path: Path, n: int) -> list[dict[str, Any]] | None:
+    """A cached grid cell, verified on read (docs/security.md): unreadable or inconsistent content -- not a
+    list of rows with the surrogate/attack names and 0 <= robust_count <= n_examples == n, or no worst-case
+    row -- is ignored, so the cell is recomputed instead of trusted."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cell = json.loads(f.read(16 << 20))
+        ok = (isinstance(cell, list) and any(isinstance(r, dict) and r.get("surrogate") == WORST for r in cell)
+              and all(isinstance(r, dict) and isinstance(r.get("surrogate"), str) and isinstance(r.get("attack"), str)
+                      and r.get("n_examples") == n and isinstance(r.get("robust_count"), int)
+                      and not isinstance(r.get("robust_count"), bool) and 0 <= r["robust_count"] <= n
+                      for r in cell))
+    except (OSError, ValueError):
+        return None
+    return cell if ok else None
+
+
 def run_transfer_grid(sweep: Sweep, out: Path, device: torch.device, batch_size: int) -> pd.DataFrame | None:
     """Compute (or read from the cache) every grid cell of the sweep and write the CSV and the heatmap.
 
@@ -87,9 +104,8 @@ def run_transfer_grid(sweep: Sweep, out: Path, device: torch.device, batch_size:
                          "robustkit_version": robustkit.__version__}
                 key = identity.job_id(ident)
                 path = cache / f"{key}.json"
-                if path.is_file():
-                    cell = json.loads(path.read_text(encoding="utf-8"))
-                else:
+                cell = _cached_cell(path, len(sweep.dataset))
+                if cell is None:
                     original = next((p.device for p in entry.model.parameters()), torch.device("cpu"))
                     entry.model.to(device)
                     try:

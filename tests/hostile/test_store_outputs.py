@@ -2,6 +2,7 @@
 read-only media and markdown escaping (issue 12: Bad 1-3, Weak "misleading messages", "broken markdown")."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -256,3 +257,33 @@ def test_user_card_shadowing_a_builtin_is_marked_in_zoo_list(tmp_path, cli):
     assert len(rows) == 1 and "(shadows built-in mnist-lenet5-clean)" in rows[0]
     own = [line for line in out.splitlines() if "my-own-model" in line]
     assert len(own) == 1 and "shadows" not in own[0]
+
+
+# ------------------------------------------------------------------------------------ caches verified on read
+@pytest.mark.parametrize("content", ['{"not": "a list"}', "[]", "garbage{", '[{"surrogate": "worst case", '
+                                     '"attack": "worst case", "n_examples": 24, "robust_count": 99}]', None])
+def test_tampered_transfer_grid_cell_is_recomputed_not_trusted(tmp_path, content):
+    from robustkit.engine.transfer_grid import WORST, _cached_cell
+
+    path = tmp_path / "cell.json"
+    good = [{"surrogate": "s", "attack": "pgd", "n_examples": 24, "robust_count": 20},
+            {"surrogate": WORST, "attack": WORST, "n_examples": 24, "robust_count": 18}]
+    path.write_text(json.dumps(good) if content is None else content)
+    assert _cached_cell(path, 24) == (good if content is None else None)
+    assert _cached_cell(path, 25) is None  # a cell of other examples
+
+
+def test_tampered_certificate_cache_is_recomputed_not_trusted(tmp_path):
+    from robustkit.defenses.sweep import _read_certificates
+
+    ident = {"kind": "certified", "seed": 0}
+    row = {"radius": 0.0, "n_examples": 4, "certified_count": 3, "certified_acc": 75.0, "abstained": 0}
+    path = tmp_path / "certified.json"
+    path.write_text(json.dumps({"identity": ident, "rows": [row], "seconds": 1.0}))
+    assert _read_certificates(path, ident, 1) == ([row], 1.0)
+    assert _read_certificates(path, {**ident, "seed": 1}, 1) is None  # someone else's certificates
+    assert _read_certificates(path, ident, 2) is None                 # rows missing
+    path.write_text('{"identity": {"kind": "certified", "seed": 0}, "rows": [{"radius": 0}], "seconds": 1}')
+    assert _read_certificates(path, ident, 1) is None
+    path.write_text("not json")
+    assert _read_certificates(path, ident, 1) is None
