@@ -137,6 +137,30 @@ def _ce(err: Mapping[tuple[str, int], np.ndarray], base: Mapping[tuple[str, int]
     return np.mean(np.stack(ces), axis=0)
 
 
+def _draws(n: int) -> np.ndarray:
+    """Row 0: the examples as they are; rows 1..: bootstrap resamples of them (fixed seed)."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    return np.vstack([np.arange(n)[None, :], rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))])
+
+
+def _point_and_interval(values: np.ndarray) -> tuple[float, float, float]:
+    point, boot = values[0], values[1:]
+    boot = boot[np.isfinite(boot)]
+    if not np.isfinite(point) or boot.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return round(100.0 * float(point), 2), round(100.0 * float(low), 2), round(100.0 * float(high), 2)
+
+
+def mean_accuracy(model: Outcomes) -> tuple[float, float, float]:
+    """Mean accuracy over every (corruption, severity), in percent, with a bootstrap interval over examples
+    (the (corruption, severity) results share their images, so a pooled binomial interval would be too narrow)."""
+    keys = list(model)
+    draws = _draws(len(model[keys[0]]))
+    acc = np.mean([np.asarray(model[k], dtype=float)[draws].mean(axis=1) for k in keys], axis=0)
+    return _point_and_interval(acc)
+
+
 def mce(model: Outcomes, baseline: Outcomes, model_clean: np.ndarray, baseline_clean: np.ndarray,
         *, relative: bool = False) -> tuple[float, float, float]:
     """(mCE, CI low, CI high) in percent, paired bootstrap over examples. NaN where a baseline error sum is 0."""
@@ -144,19 +168,12 @@ def mce(model: Outcomes, baseline: Outcomes, model_clean: np.ndarray, baseline_c
     missing = [k for k in keys if k not in baseline]
     if missing:
         raise ConfigError(f"mCE: the baseline model has no result for {missing[0][0]} at severity {missing[0][1]}")
-    n = len(model_clean)
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    draws = np.vstack([np.arange(n)[None, :], rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))])
+    draws = _draws(len(model_clean))
 
     def rates(correct: np.ndarray) -> np.ndarray:
         return 1.0 - np.asarray(correct, dtype=float)[draws].mean(axis=1)
 
     err = {k: rates(model[k]) for k in keys}
     base = {k: rates(baseline[k]) for k in keys}
-    values = _ce(err, base, rates(model_clean) if relative else None, rates(baseline_clean) if relative else None)
-    point, boot = values[0], values[1:]
-    boot = boot[np.isfinite(boot)]
-    if not np.isfinite(point) or boot.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return round(100.0 * float(point), 2), round(100.0 * float(low), 2), round(100.0 * float(high), 2)
+    return _point_and_interval(_ce(err, base, rates(model_clean) if relative else None,
+                                   rates(baseline_clean) if relative else None))

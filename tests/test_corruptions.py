@@ -49,3 +49,12 @@ def test_mce_by_hand():
     assert mce(model, base, ones, base_clean, relative=True)[0] == 137.5
     with pytest.raises(ConfigError, match=r"baseline model has no result for fog at severity 3"):
         mce(model, {k: v for k, v in base.items() if k != ("fog", 3)}, ones, ones)
+
+
+def test_mean_corruption_accuracy_and_its_bootstrap_interval():
+    from robustkit.corruptions import mean_accuracy
+
+    outcomes = {("fog", 1): np.array([1, 1, 0, 0], bool), ("fog", 3): np.array([1, 0, 0, 0], bool)}
+    value, low, high = mean_accuracy(outcomes)
+    assert value == 37.5 and low < value < high
+    assert mean_accuracy({("fog", 1): np.ones(5, bool)}) == (100.0, 100.0, 100.0)

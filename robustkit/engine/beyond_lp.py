@@ -150,8 +150,11 @@ class ExtraRunner:
         n_batches = -(-n // batch_size)
         if len(done) == n_batches:
             return
+        fit_seconds = 0.0  # the fit is this job's compute too: counted in its first computed batch
         if any(is_universal(a) for a in spec.attacks):
+            t0 = time.perf_counter()
             self._fit_universal(model, job, spec)
+            fit_seconds = time.perf_counter() - t0
         level = f"{job.level[0]} s{job.level[1]}" if job.kind == "corruption" else f"{job.eps:g}"
         with JobProgress(f"{job.model} {job.kind} {level}", n, done=sum(b.stop - b.start for b in done.values()),
                          quiet=self.quiet) as bar:
@@ -162,6 +165,7 @@ class ExtraRunner:
                 seed = identity.batch_seed(self.sweep.seed, job.job_id, b)
                 with torch.no_grad() if job.kind == "corruption" else contextlib.nullcontext():
                     rows, seconds = self._batch(model, job, spec, lo, hi, seed)
+                seconds, fit_seconds = seconds + fit_seconds, 0.0
                 self.store.commit_batch(job_id=job.job_id, batch_index=b, start=lo, stop=hi, seed=seed,
                                         chunk_size=hi - lo, n_attacked=hi - lo, seconds=seconds, run_id=self.run_id,
                                         attempt=self.attempt, rows=rows)

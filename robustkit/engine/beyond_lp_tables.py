@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from robustkit.checks.report import THREAT_SECTIONS_MD
-from robustkit.corruptions import mce
+from robustkit.corruptions import mce, mean_accuracy
 from robustkit.outputs import write_text, write_with
 from robustkit.stats import clopper_pearson_percent
 from robustkit.subgroups import subgroup_metrics
@@ -146,8 +146,8 @@ def corruption_summary(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -
         row: dict[str, Any] = {"model": model, "dataset": sweep.dataset.name, "n_examples": n,
                                "corruptions": len({c for c, _ in outcomes}), "severities": len({s for _, s in outcomes})}
         _with_ci(row, "clean_acc", int(clean[model].sum()), n)
-        total = sum(int(v.sum()) for v in outcomes.values())
-        _with_ci(row, "mean_corruption_acc", total, n * len(outcomes))
+        row["mean_corruption_acc"], row["mean_corruption_acc_ci_low"], row["mean_corruption_acc_ci_high"] = \
+            mean_accuracy(outcomes)
         row["baseline"] = baseline or ""
         for name, relative in (("mce", False), ("relative_mce", True)):
             if baseline is None:
