@@ -71,12 +71,19 @@ def _center_crop(img: Image.Image, size: int | tuple[int, int], path: Path) -> I
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
+MAX_PIXELS = 1 << 26  # 67 Mpixel: a bounded read (the header's size is checked before any pixel is decoded)
+
+
 def _decode(path: Path, mode: str, resize, center_crop) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise DataError(f"{path}: image header declares {w} x {h} pixels, more than the {MAX_PIXELS} "
+                                f"robustkit decodes from one image")
             img = img.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot decode image ({str(exc)[:200]})") from None
     if resize is not None:
         img = _resize(img, resize)
     if center_crop is not None:

@@ -41,8 +41,8 @@ def _read_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo, n: int | None, source
         except ValueError as exc:
             raise DataError(f"{source}: not a valid .npy array ({str(exc)[:120]})") from None
         if dtype.hasobject:
-            raise DataError(f"{source}: holds Python objects (dtype {dtype}); refused, as loading them could run "
-                            f"code: store numeric arrays")
+            raise DataError(f"{source}: holds Python objects (dtype {dtype}): refused, as with allow_pickle=False, "
+                            f"since loading them could run code; store numeric arrays")
         if len(shape) == 0:
             raise DataError(f"{source}: is a scalar, expected an array with one row per example")
         rows = shape[0]
