@@ -234,9 +234,9 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
     (docs/checks.md); they fill the ``flags`` column and ``report.md`` and never change a number.
     """
     checks = check_mode(checks)
-    out = output_dir(out)
     device = resolve_device(sweep.device)
-    probe_models(sweep, device)
+    probe_models(sweep, device)  # before the output folder is even created: a misfit model costs nothing
+    out = output_dir(out)
     check_specs(sweep)
     with OutputLock(out, wait=wait):
         return _run_locked(sweep, out, device, fresh=fresh, quiet=quiet, radii=radii, checks=checks)

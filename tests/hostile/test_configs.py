@@ -5,6 +5,7 @@ import copy
 from typing import Any, Callable
 
 import pytest
+import yaml
 
 from _hostile import assert_one_line_error, base_config
 
@@ -21,8 +22,6 @@ g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
 
 def _anchored_attacks(field: str) -> str:
     """A config whose attack ``field`` is an alias bomb of 10**8 strings once expanded (a few hundred bytes)."""
-    import yaml
-
     cfg = base_config()
     cfg.pop("attacks")
     chain = ['{name: fgsm, %s: &a0 ["x","x","x","x","x","x","x","x","x","x"]}' % field]

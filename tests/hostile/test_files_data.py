@@ -7,11 +7,14 @@ from __future__ import annotations
 import gzip
 import io
 import random
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from _hostile import assert_one_line_error, base_config
 from robustkit.data import load_dataset
@@ -248,18 +251,13 @@ def test_npz_n_examples_reads_only_the_first_rows_and_keeps_the_class_count(tiny
 
 def test_image_whose_header_declares_gigapixels_is_refused_before_decoding(tmp_path):
     """A decompression bomb: a small PNG whose header declares 100000 x 100000 pixels."""
-    import struct
-    import zlib as _zlib
-
-    from PIL import Image
-
     folder = tmp_path / "imgs" / "cat"
     folder.mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(folder / "ok.png")
     data = bytearray((folder / "ok.png").read_bytes())
     ihdr = data.index(b"IHDR")
     data[ihdr + 4: ihdr + 12] = struct.pack(">II", 100_000, 100_000)
-    data[ihdr + 17: ihdr + 21] = struct.pack(">I", _zlib.crc32(bytes(data[ihdr: ihdr + 17])))
+    data[ihdr + 17: ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr: ihdr + 17])))
     (folder / "bomb.png").write_bytes(bytes(data))
     with pytest.raises(RobustkitError) as info:
         load_dataset("imagefolder", root=tmp_path / "imgs")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from _hostile import MLP_KW, base_config
+import robustkit.cli.eval_cmd as eval_cmd
 from robustkit.cli import INTERRUPTED
 from robustkit.zoo import load_model
 
@@ -89,8 +90,6 @@ def test_interrupted_run_resumes_to_the_same_csvs(tiny, cli, sig):
 
 def test_ctrl_c_in_process_prints_the_resume_line(tiny, cli, monkeypatch, unchanged):
     """click turns KeyboardInterrupt into Abort; the entry point still prints the resume line, exit 130."""
-    import robustkit.cli.eval_cmd as eval_cmd
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 

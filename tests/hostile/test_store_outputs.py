@@ -7,11 +7,14 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 
 import pandas as pd
 import pytest
 
 from _hostile import assert_one_line_error, base_config, csv_hashes
+from robustkit.defenses.sweep import _read_certificates
+from robustkit.engine.transfer_grid import WORST, _cached_cell
 from robustkit.outputs import LOCK_NAME, OutputLock
 
 DB = "results.sqlite"
@@ -230,8 +233,6 @@ def test_names_and_labels_with_pipes_newlines_and_commas(tiny, cli):
 
 def test_wait_flag_waits_for_the_holder_then_runs(tiny, cli):
     """``--wait``: the second run blocks until the first releases the folder, then runs normally."""
-    import threading
-
     lock = OutputLock(tiny.out, command="first run")
     lock.__enter__()
     timer = threading.Timer(1.0, lock.__exit__, args=(None, None, None))
@@ -263,8 +264,6 @@ def test_user_card_shadowing_a_builtin_is_marked_in_zoo_list(tmp_path, cli):
 @pytest.mark.parametrize("content", ['{"not": "a list"}', "[]", "garbage{", '[{"surrogate": "worst case", '
                                      '"attack": "worst case", "n_examples": 24, "robust_count": 99}]', None])
 def test_tampered_transfer_grid_cell_is_recomputed_not_trusted(tmp_path, content):
-    from robustkit.engine.transfer_grid import WORST, _cached_cell
-
     path = tmp_path / "cell.json"
     good = [{"surrogate": "s", "attack": "pgd", "n_examples": 24, "robust_count": 20},
             {"surrogate": WORST, "attack": WORST, "n_examples": 24, "robust_count": 18}]
@@ -274,8 +273,6 @@ def test_tampered_transfer_grid_cell_is_recomputed_not_trusted(tmp_path, content
 
 
 def test_tampered_certificate_cache_is_recomputed_not_trusted(tmp_path):
-    from robustkit.defenses.sweep import _read_certificates
-
     ident = {"kind": "certified", "seed": 0}
     row = {"radius": 0.0, "n_examples": 4, "certified_count": 3, "certified_acc": 75.0, "abstained": 0}
     path = tmp_path / "certified.json"
