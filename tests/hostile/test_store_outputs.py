@@ -92,6 +92,28 @@ def test_garbage_store_file(tiny, cli, content):
         assert code == 0, err
 
 
+def test_integrity_error_while_storing_is_one_line(tiny, cli):
+    """A store whose constraints reject the recomputed batch (here a planted trigger): one line, exit 2."""
+    with _db(tiny) as con:
+        con.execute("DELETE FROM samples WHERE idx < 8")  # forces a recomputation ...
+        con.execute("CREATE TRIGGER no_inserts BEFORE INSERT ON samples BEGIN SELECT RAISE(ABORT, 'planted'); END")
+    before = csv_hashes(tiny.out)
+    code, _, err = cli("eval", "--config", tiny.config, "-q")
+    notes = [line for line in err.splitlines() if line.startswith("results store: recomputing")]
+    assert len(notes) == 2  # ... announced first (one notice per job), then the failure is one error line
+    assert_one_line_error(code, "\n".join(line for line in err.splitlines() if line not in notes), DB,
+                          "inconsistent", "planted")
+    assert csv_hashes(tiny.out) == before
+
+
+def test_dropped_batches_table_recomputes_everything(tiny, cli):
+    before = _results(tiny)
+    with _db(tiny) as con:
+        con.execute("DROP TABLE batches")
+    err = _rerun_and_compare(tiny, cli, before)
+    assert "(6 batches computed, 0 reused)" in err
+
+
 def test_schema_version_from_the_future(tiny, cli, unchanged):
     with _db(tiny) as con:
         con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
