@@ -10,7 +10,7 @@ from .base import ATTACKS, Attack, AttackResult, eval_mode, register_attack
 from .build import build_attack, get_attack_class
 from . import fgsm, pgd  # noqa: F401  (registers the built-in attacks)
 from . import cw, fmn  # noqa: F401
-from . import autoattack  # noqa: F401
+from . import autoattack, autoattack_fast  # noqa: F401
 from . import patch, topk, uap  # noqa: F401  (beyond Lp balls: docs/attacks.md)
 from . import torchattacks_wrapper, transfer  # noqa: F401  (torchattacks:<Class> names; registers transfer)
 

@@ -1,21 +1,28 @@
-"""Running the official AutoAttack package (github.com/fra31/auto-attack) one component at a time.
+"""The official AutoAttack components (APGD, APGD-T, FAB, Square), run one component at a time.
 
-The official ``AutoAttack`` takes a single eps at construction, so one object is made per distinct eps value
-in the batch. Each component is run through the official ``run_standard_evaluation`` with
-``attacks_to_run = [component]`` on the points that are still robust: that is exactly what the official loop
-does internally, but it lets us record which component broke each sample (the official call only returns
-the final adversarial batch). The objects are kept across components, so state the official loop carries
-from one component to the next (FAB-T setting ``fab.n_restarts = 1``) carries over here too.
+Two distributions carry the official code: the authors' git install (``pip install
+git+https://github.com/fra31/auto-attack``, top-level module ``autoattack``, version 0.1) and
+``pyautoattack`` on PyPI (a dependency of robustkit). pyautoattack 0.2.0's component files are the official
+files of fra31/auto-attack at a392200 apart from their import lines (and ``checks.py``'s logging calls);
+``benchmarks/check_pyautoattack.py`` shows the diff and ``tests/test_autoattack_speed.py`` checks the
+installed files against the hashes recorded here. The git install wins when both are importable.
 
-The official code logs its sanity checks (randomized or dynamic defense, probabilities instead of logits,
-zero gradients) by printing ``Warning: ...``; those lines are collected, de-duplicated and re-issued as
-Python warnings instead of being printed once per component.
+The official ``run_standard_evaluation`` is not called: its orchestration (which differs between the two
+distributions) is reproduced by :func:`robustkit.attacks.autoattack.run_cascade`. Each component object is
+built with the settings the official constructor and ``set_version`` give it (``_aa_reference``), and its
+``perturb`` is called on the samples still robust, with ``seed`` set before each call exactly as the
+official loop does. The official sanity checks that run once per evaluation (randomized model,
+probabilities instead of logits) run once per call here; their messages become Python warnings, once each.
 """
 from __future__ import annotations
 
-import contextlib
-import io
+import hashlib
+import importlib
 import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -23,88 +30,187 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 
+from . import _apgd_native
 from ._aa_reference import ComponentPlan
-from ._aa_torchattacks import INSTALL_OFFICIAL
+
+INSTALL_HINT = "pip install pyautoattack (or the git install: pip install git+https://github.com/fra31/auto-attack)"
+DISTRIBUTIONS = ("autoattack", "pyautoattack")  # in order of preference
+
+# sha256 of pyautoattack 0.2.0's component files, whose diff against fra31/auto-attack a392200 was read
+# line by line (docs/attacks.md, "Official components"): only import lines differ (and logging in checks.py).
+PYAUTOATTACK_CHECKED = {
+    "version": "0.2.0",
+    "files": {
+        "autopgd_base.py": "6913041e2d8e94b72e659c9ea5452eb7d3476f24f32d227cdaae025c6db3c256",
+        "fab_base.py": "63654f228a57b5ff56babd6ed3d1ddd0724827e8a210a48ba0d76cbc35333a5b",
+        "fab_pt.py": "2ad605c1a161fbdc0109f4018760ffb2a10a63de6e218063bb33621e00013d1e",
+        "fab_projections.py": "d2e095000c0ecd85f0eb22605465636487259c57147b4b2bd091c6ea86fb5bde",
+        "square.py": "bd5c61d3b43d3b55b74b059477b74061a399a0f5f384cb51af91216682e247ae",
+        "other_utils.py": "a06a038ab1ca59a2d8f09642b9a4e7f6e9b249cd8e6c6a9cbd308f47649268df",
+        "checks.py": "2409841e2b5f985cf8aeea6dc855f69fc478261c9d9b6429e9d369194f70150b",
+    },
+}
+COMPONENT_FILES = tuple(PYAUTOATTACK_CHECKED["files"])
 
 
 class OfficialAutoAttackWarning(UserWarning):
     """A sanity-check warning printed by the official AutoAttack code."""
 
 
-def load_official() -> Any | None:
-    """The official ``AutoAttack`` class, or None where the package is missing or broken."""
+@dataclass(frozen=True)
+class OfficialPackage:
+    """The importable official distribution: its name, version and component modules."""
+
+    distribution: str
+    version: str
+    apgd: ModuleType       # autopgd_base
+    fab: ModuleType        # fab_pt
+    square: ModuleType
+    checks: ModuleType
+
+    @property
+    def label(self) -> str:
+        return f"{self.distribution}-{self.version}"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.apgd.__file__).parent
+
+
+def _distribution_version(name: str) -> str:
     try:
-        from autoattack import AutoAttack  # the official package (top-level name ``autoattack``)
-    except Exception:  # a broken install is as unusable as a missing one
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "source"
+
+
+def _import(distribution: str) -> OfficialPackage | None:
+    try:
+        mods = [importlib.import_module(f"{distribution}.{m}") for m in ("autopgd_base", "fab_pt", "square", "checks")]
+    except Exception:  # a missing or broken install is as unusable as a missing one
         return None
-    return AutoAttack
+    return OfficialPackage(distribution, _distribution_version(distribution), *mods)
 
 
-def official_version() -> str:
-    """The installed distribution's version ("0.1" for a git install), or "" when it is not installed as one
-    (e.g. a source checkout on PYTHONPATH)."""
-    try:
-        from importlib.metadata import version
-
-        return version("autoattack")
-    except Exception:
-        return ""
+def load_official() -> OfficialPackage | None:
+    """The official components: the git install (``autoattack``) if importable, else ``pyautoattack``."""
+    for name in DISTRIBUTIONS:
+        package = _import(name)
+        if package is not None:
+            return package
+    return None
 
 
-def require_official() -> Any:
-    cls = load_official()
-    if cls is None:
-        raise ConfigError(f"attack 'autoattack': implementation: official needs the official AutoAttack package, "
-                          f"which is not importable; install it with: {INSTALL_OFFICIAL}")
-    return cls
+def require_official() -> OfficialPackage:
+    package = load_official()
+    if package is None:
+        raise ConfigError(f"attack 'autoattack': the official AutoAttack components are not importable; "
+                          f"install them with: {INSTALL_HINT}")
+    return package
+
+
+def file_hashes(folder: Path, names: tuple[str, ...] = COMPONENT_FILES) -> dict[str, str]:
+    """sha256 of each named file in ``folder`` ("" for a missing one)."""
+    out = {}
+    for name in names:
+        path = Path(folder) / name
+        out[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    return out
+
+
+class _Messages:
+    """Stands in for the official logger (git: ``.log("Warning: ...")``, pyautoattack: ``.warning``)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def log(self, text: str) -> None:
+        if str(text).startswith("Warning:"):
+            self.warning(str(text)[len("Warning:"):].strip())
+
+    def warning(self, text: object, *args: object, **kwargs: object) -> None:
+        text = str(text).strip()
+        if text and text not in self.messages:
+            self.messages.append(text)
+            warnings.warn(f"official AutoAttack: {text}", OfficialAutoAttackWarning, stacklevel=3)
+
+    def info(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    debug = info
 
 
 class OfficialEnsemble:
-    """Official AutoAttack objects (one per eps) that run one named component on a batch."""
+    """Runs one named component of the plan on a batch at one eps, with the official component classes.
 
-    def __init__(self, model: nn.Module, norm: str, version: str, plan: list[ComponentPlan], seed: int,
-                 device: torch.device) -> None:
-        self._cls = require_official()
+    ``early_exit``: APGD-CE/-DLR/-T on Linf and L2 run with :mod:`robustkit.attacks._apgd_native` (the
+    official algorithm, dropping each sample once broken; same per-sample verdicts under the same seed).
+    FAB and Square always run the official classes.
+    """
+
+    def __init__(self, model: nn.Module, norm: str, plan: list[ComponentPlan], seed: int, device: torch.device,
+                 early_exit: bool = True, package: OfficialPackage | None = None) -> None:
+        self.package = package or require_official()
         self._model = model
         self._norm = norm
-        self._version = version
         self._plan = {c.name: c for c in plan}
         self._seed = int(seed)
         self._device = device
-        self._by_eps: dict[float, Any] = {}
-        self.messages: list[str] = []
+        self._early_exit = early_exit
+        self._log = _Messages()
 
-    def _adversary(self, eps: float) -> Any:
-        if eps not in self._by_eps:
-            custom = self._version == "custom"
-            adversary = self._cls(self._model, norm=self._norm, eps=float(eps), seed=self._seed, verbose=False,
-                                  attacks_to_run=list(self._plan) if custom else [], version=self._version,
-                                  device=self._device)
-            self._apply_plan(adversary)
-            self._by_eps[eps] = adversary
-        return self._by_eps[eps]
+    @property
+    def messages(self) -> list[str]:
+        return self._log.messages
 
-    def _apply_plan(self, adversary: Any) -> None:
-        """Settings where our plan may differ from the official object: capped targets, user eot_iter."""
-        if "apgd-t" in self._plan:
-            adversary.apgd_targeted.n_target_classes = self._plan["apgd-t"].n_target_classes
-            adversary.apgd_targeted.eot_iter = self._plan["apgd-t"].eot_iter
-        if "fab-t" in self._plan:
-            adversary.fab.n_target_classes = self._plan["fab-t"].n_target_classes
-        for name in ("apgd-ce", "apgd-dlr"):
-            if name in self._plan:
-                adversary.apgd.eot_iter = self._plan[name].eot_iter
+    def sanity_checks(self, x: torch.Tensor, y: torch.Tensor, version: str) -> None:
+        """The official once-per-evaluation checks (randomized model unless ``rand``; probability outputs).
+
+        ``check_dynamic`` is left out: it installs a global trace function and keeps a module-global count
+        that is never reset, so after one dynamic model every later model would be flagged.
+        """
+        if version != "rand":
+            self.package.checks.check_randomized(self._model, x, y, bs=x.shape[0], logger=self._log)
+        self.package.checks.check_range_output(self._model, x, logger=self._log)
+
+    def uses_native(self, name: str) -> bool:
+        return self._early_exit and self._norm in _apgd_native.NORMS and name.startswith("apgd")
 
     def run(self, name: str, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        adversary = self._adversary(eps)
-        adversary.attacks_to_run = [name]
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            x_adv = adversary.run_standard_evaluation(x, y, bs=x.shape[0])
-        for line in out.getvalue().splitlines():
-            line = line.strip()
-            if line.startswith("Warning:") and line not in self.messages:
-                self.messages.append(line)
-                warnings.warn(f"official AutoAttack: {line[len('Warning:'):].strip()}", OfficialAutoAttackWarning,
-                              stacklevel=2)
-        return x_adv.detach()
+        plan = self._plan[name]
+        if self.uses_native(name):
+            common = dict(eps=float(eps), norm=self._norm, n_iter=plan.n_iter, n_restarts=plan.n_restarts,
+                          eot_iter=plan.eot_iter, rho=plan.rho, seed=self._seed)
+            if name == "apgd-t":
+                return _apgd_native.perturb_targeted(self._model, x, y, n_target_classes=plan.n_target_classes,
+                                                     **common).detach()
+            return _apgd_native.perturb(self._model, x, y, loss=plan.loss, **common).detach()
+        return self._component(plan, float(eps)).perturb(x, y).detach()
+
+    def _component(self, plan: ComponentPlan, eps: float) -> Any:
+        """A fresh official component object, set as the official constructor + ``set_version`` set it."""
+        pkg, model, common = self.package, self._model, dict(eps=eps, norm=self._norm, device=self._device)
+        if plan.name in ("apgd-ce", "apgd-dlr"):
+            attack = pkg.apgd.APGDAttack(model, n_restarts=plan.n_restarts, n_iter=plan.n_iter, verbose=False,
+                                         eot_iter=plan.eot_iter, rho=plan.rho, seed=self._seed, logger=self._log,
+                                         use_largereps=plan.use_largereps, **common)
+            attack.loss = plan.loss
+        elif plan.name == "apgd-t":
+            attack = pkg.apgd.APGDAttack_targeted(model, n_restarts=plan.n_restarts, n_iter=plan.n_iter,
+                                                  verbose=False, eot_iter=plan.eot_iter, rho=plan.rho,
+                                                  seed=self._seed, logger=self._log,
+                                                  n_target_classes=plan.n_target_classes,
+                                                  use_largereps=plan.use_largereps, **common)
+        elif plan.name in ("fab", "fab-t"):
+            attack = pkg.fab.FABAttack_PT(model, n_restarts=plan.n_restarts, n_iter=plan.n_iter, seed=self._seed,
+                                          verbose=False, alpha_max=plan.alpha_max, eta=plan.eta, beta=plan.beta,
+                                          n_target_classes=plan.n_target_classes, **common)
+            attack.targeted = plan.name == "fab-t"
+        elif plan.name == "square":
+            attack = pkg.square.SquareAttack(model, p_init=plan.p_init, n_queries=plan.n_queries,
+                                             n_restarts=plan.n_restarts,
+                                             seed=self._seed, verbose=False, resc_schedule=False, **common)
+        else:  # pragma: no cover - names are validated in _aa_reference
+            raise ConfigError(f"attack 'autoattack': unknown component {plan.name!r}")
+        attack.seed = self._seed  # the official loop sets seed = get_seed() before every perturb
+        return attack

@@ -32,7 +32,7 @@ from robustkit.errors import ConfigError
 from ._aa_reference import ComponentPlan
 
 NORMS = ("Linf", "L2")
-INSTALL_OFFICIAL = "pip install git+https://github.com/fra31/auto-attack"
+INSTALL_OFFICIAL = "pip install pyautoattack"
 
 
 def torchattacks_version() -> str:
@@ -45,8 +45,9 @@ def check_norm(norm: str) -> None:
     """One-line error for a norm that torchattacks' components cannot run."""
     if norm not in NORMS:
         raise ConfigError(
-            f"attack 'autoattack': {norm} needs the official AutoAttack package (APGD-L1 with its eps schedule and "
-            f"L1 Square exist only there; torchattacks has no working L1 components): {INSTALL_OFFICIAL}"
+            f"attack 'autoattack': {norm} needs the official AutoAttack components (APGD-L1 with its eps schedule and "
+            f"L1 Square exist only there; torchattacks has no working L1 components): use implementation: official "
+            f"({INSTALL_OFFICIAL})"
         )
 
 

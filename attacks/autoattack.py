@@ -3,19 +3,22 @@
 Published robustness numbers are compared against AutoAttack, so this attack must *be* AutoAttack, not an
 approximation with convenient defaults. Two implementations are offered:
 
-* ``official``: the authors' package (``pip install git+https://github.com/fra31/auto-attack``), used by
-  ``implementation: auto`` whenever it is importable;
+* ``official`` (what ``implementation: auto`` runs): the authors' own component classes, from the git
+  install (module ``autoattack``) when importable, else from ``pyautoattack`` (a dependency; its component
+  files are the official ones, see :mod:`robustkit.attacks._aa_official`). With ``early_exit`` (default)
+  the APGD components on Linf/L2 run robustkit's transcription of the official APGD that stops iterating a
+  sample once it is broken (:mod:`robustkit.attacks._apgd_native`): same per-sample verdicts under the same
+  seed, fewer passes. ``early_exit: false`` runs every component from the official package unchanged.
 * ``torchattacks``: the same ensemble built from torchattacks' APGD, APGD-T, FAB and Square with the
-  reference parameters of :mod:`robustkit.attacks._aa_reference` (100 iterations, 9 target classes, 5000
-  Square queries, ...), never torchattacks' own ``AutoAttack`` class, which runs 10 iterations. Linf and L2
-  only: torchattacks has no L1 components (see :mod:`robustkit.attacks._aa_torchattacks`).
+  reference parameters of :mod:`robustkit.attacks._aa_reference`, kept as a cross-check. Linf and L2 only.
 
 Either way the cascade is ours and follows the official ``run_standard_evaluation``: every component runs
 only on the points no earlier component has broken (and, inside a component, every restart and target class
 only on the points still robust), so ``info["broken_by"]`` can name the component that broke each sample.
 Per-sample eps is handled by running each component once per distinct eps value. Robustness between
 components is decided with :func:`robustkit.predict.predict` (a majority vote for randomized models), the
-same verdict the engine applies to the final result.
+same verdict the engine applies to the final result. ``info["passes"]`` holds each component's
+[forward, backward] sample-passes.
 
 Randomness: the components re-seed torch's global RNG (as the official code does); this runs inside
 ``torch.random.fork_rng`` so the caller's RNG state is left untouched. The seed is ``seed`` when given,
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from robustkit.errors import ConfigError, did_you_mean
+from robustkit.passes import PassCounter, add_passes
 from robustkit.predict import is_randomized, predict
 from robustkit.threat import project
 
@@ -47,36 +51,47 @@ ComponentRunner = Callable[[str, torch.Tensor, torch.Tensor, float], torch.Tenso
 
 def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str,
                 components: Sequence[str], run: ComponentRunner
-                ) -> tuple[torch.Tensor, list[str | None], dict[str, int], dict[str, float]]:
+                ) -> tuple[torch.Tensor, list[str | None], dict[str, int], dict[str, float], dict[str, list[int]]]:
     """Run ``components`` in order, each only on the points still robust, one call per distinct eps.
 
     Returns the adversarial batch (robust points unchanged), for each sample the component that broke it
     (``"clean"`` when the clean input is already misclassified, None when nothing broke it), the number
-    of robust points left after each component, and the seconds each component took.
+    of robust points left after each component, the seconds each component took and its
+    [forward, backward] sample-passes (its re-predictions included).
     """
     robust = predict(model, x) == y
     broken_by: list[str | None] = [None if r else "clean" for r in robust.tolist()]
     x_adv = x.clone()
     robust_after: dict[str, int] = {}
     seconds: dict[str, float] = {}
+    passes: dict[str, list[int]] = {}
     for name in components:
         start = time.perf_counter()
-        for value in torch.unique(eps[robust]).tolist():
-            idx = (robust & (eps == value)).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            x_sub, y_sub = x[idx], y[idx]
-            adv = run(name, x_sub, y_sub, float(value))
-            adv = project(x_sub, adv.to(device=x.device, dtype=x.dtype), float(value), norm)
-            broke = predict(model, adv) != y_sub
-            hit = idx[broke]
-            x_adv[hit] = adv[broke]
-            robust[hit] = False
-            for i in hit.tolist():
-                broken_by[i] = name
+        with PassCounter(model) as counter:
+            _run_component(model, x, y, eps, norm, name, run, robust, x_adv, broken_by)
+        add_passes(passes, name, *counter.snapshot())
         robust_after[name] = int(robust.sum())
         seconds[name] = round(time.perf_counter() - start, 3)
-    return x_adv, broken_by, robust_after, seconds
+    return x_adv, broken_by, robust_after, seconds, passes
+
+
+def _run_component(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str, name: str,
+                   run: ComponentRunner, robust: torch.Tensor, x_adv: torch.Tensor,
+                   broken_by: list[str | None]) -> None:
+    """One component on the still-robust points, once per distinct eps; updates the last three in place."""
+    for value in torch.unique(eps[robust]).tolist():
+        idx = (robust & (eps == value)).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        x_sub, y_sub = x[idx], y[idx]
+        adv = run(name, x_sub, y_sub, float(value))
+        adv = project(x_sub, adv.to(device=x.device, dtype=x.dtype), float(value), norm)
+        broke = predict(model, adv) != y_sub
+        hit = idx[broke]
+        x_adv[hit] = adv[broke]
+        robust[hit] = False
+        for i in hit.tolist():
+            broken_by[i] = name
 
 
 @contextlib.contextmanager
@@ -96,12 +111,13 @@ class AutoAttack(Attack):
     norms = ("Linf", "L2", "L1")
     kind = "white-box"
     supports_targeted = False  # its targeted components (APGD-T, FAB-T) choose their targets internally
-    implementation = "official-autoattack or torchattacks (reference parameters)"  # resolved per instance
+    implementation = "official components (autoattack / pyautoattack) or torchattacks"  # resolved per instance
     defaults = {
         "version": "standard",      # standard | plus | rand | custom
         "attacks_to_run": None,     # version custom only: list of apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square
         "seed": None,               # None: drawn from the engine's generator (0 without one)
-        "implementation": "auto",   # auto (official if importable) | official | torchattacks
+        "implementation": "auto",   # auto (the official components) | official | torchattacks
+        "early_exit": True,         # official: APGD stops iterating a sample once broken (same verdicts)
     }
 
     def __init__(self, **params: Any) -> None:
@@ -120,12 +136,17 @@ class AutoAttack(Attack):
             raise ConfigError(f"attack 'autoattack': implementation: expected one of {', '.join(IMPLEMENTATIONS)}, "
                               f"got {self.params['implementation']!r}{did_you_mean(impl, IMPLEMENTATIONS)}")
         self.params["implementation"] = impl
-        if impl == "official":
-            _aa_official.require_official()
-        self.use_official = impl == "official" or (impl == "auto" and _aa_official.load_official() is not None)
-        # what actually runs; recorded by config() into leaderboards and job identities
-        self.implementation = (f"official-autoattack {_aa_official.official_version()}".strip() if self.use_official
-                               else f"torchattacks-{_aa_torchattacks.torchattacks_version()} (reference parameters)")
+        if not isinstance(self.params["early_exit"], bool):
+            raise ConfigError(f"attack 'autoattack': early_exit: expected true or false, "
+                              f"got {self.params['early_exit']!r}")
+        self.package = _aa_official.require_official() if impl == "official" else (
+            _aa_official.load_official() if impl == "auto" else None)
+        self.use_official = self.package is not None
+        # what actually runs; recorded by config() into leaderboards, provenance and job identities
+        if self.package is not None:
+            self.implementation = self.package.label + (" (APGD early exit)" if self.params["early_exit"] else "")
+        else:
+            self.implementation = f"torchattacks-{_aa_torchattacks.torchattacks_version()} (reference parameters)"
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
@@ -161,8 +182,11 @@ class AutoAttack(Attack):
         with torch.no_grad():
             n_classes = int(model(x[:1]).shape[1])
         plan = self.plan(norm, n_classes, is_randomized(model))
-        if self.use_official:
-            official = _aa_official.OfficialEnsemble(model, norm, self.params["version"], plan, seed, x.device)
+        if self.package is not None:
+            official = _aa_official.OfficialEnsemble(model, norm, plan, seed, x.device,
+                                                     early_exit=self.params["early_exit"], package=self.package)
+            with _isolated_rng(x.device):
+                official.sanity_checks(x, y, self.params["version"])
             run: ComponentRunner = official.run
         else:
             _aa_torchattacks.check_norm(norm)
@@ -173,15 +197,17 @@ class AutoAttack(Attack):
                 return _aa_torchattacks.run_component(attack, xs, ys)
 
         with _isolated_rng(x.device):
-            x_adv, broken_by, robust_after, seconds = run_cascade(model, x, y, eps, norm, [c.name for c in plan], run)
+            x_adv, broken_by, robust_after, seconds, passes = run_cascade(model, x, y, eps, norm,
+                                                                          [c.name for c in plan], run)
         info: dict[str, Any] = {
             "broken_by": broken_by,
             "robust_after": robust_after,
             "seconds": seconds,
+            "passes": passes,
             "seed": seed,
             "implementation": self.implementation,
             "components": [asdict(c) for c in plan],
         }
-        if self.use_official and official.messages:
+        if self.package is not None and official.messages:
             info["official_warnings"] = list(official.messages)
         return x_adv, info

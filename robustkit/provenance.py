@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 NOT_INSTALLED = "not installed"
 # distribution names to try for each reported package (the official AutoAttack installs as "autoattack")
-PACKAGES = {"torch": ("torch",), "torchattacks": ("torchattacks",), "autoattack": ("autoattack", "auto-attack")}
+PACKAGES = {"torch": ("torch",), "torchattacks": ("torchattacks",), "autoattack": ("autoattack", "auto-attack"),
+            "pyautoattack": ("pyautoattack",)}
 
 
 def package_version(*distributions: str) -> str:

@@ -3,7 +3,6 @@ the real check that it is at least as strong as PGD-40 on the adversarially trai
 from __future__ import annotations
 
 import re
-import sys
 import time
 import types
 from dataclasses import replace
@@ -18,8 +17,7 @@ from robustkit.attacks.autoattack import AutoAttack, run_cascade
 from robustkit.errors import ConfigError
 from robustkit.threat import ThreatModel
 
-INSTALL_HINT = re.escape("pip install git+https://github.com/fra31/auto-attack")
-LOAD_OFFICIAL = _aa_official.load_official  # the real loader; the autouse fixture below hides the package
+INSTALL_HINT = re.escape("pip install pyautoattack")
 
 
 @pytest.fixture(autouse=True)
@@ -250,11 +248,13 @@ def test_run_cascade_stops_calling_components_once_everything_is_broken():
         # swap in another sample's image with a different label: inside an Linf ball of radius 1, fools every point
         return torch.stack([x[int((labels != yi).nonzero()[0])] for yi in ys])
 
-    x_adv, broken_by, after, _ = run_cascade(model, x, y, torch.full((16,), 1.0), "Linf", ["first", "second"], run)
+    x_adv, broken_by, after, _, passes = run_cascade(model, x, y, torch.full((16,), 1.0), "Linf", ["first", "second"], run)
     assert seen == [("first", 15)]
     assert after == {"first": 0, "second": 0}
     assert broken_by == ["clean"] + ["first"] * 15
     assert torch.equal(x_adv[0], x[0])
+    # the run itself made no model pass; the cascade's verdicts did: 15 re-predictions for "first", none after
+    assert passes == {"first": [15, 0], "second": [0, 0]}
 
 
 # ------------------------------------------------------------------------------------------ reproducibility
@@ -277,74 +277,85 @@ def test_seeded_runs_are_identical_and_leave_the_global_rng_alone(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- official package (faked)
-def _fake_official(log: list, break_on: str | None = None) -> types.ModuleType:
-    """A stand-in for the official package with its API, recording how the adapter calls it."""
+def _fake_package(log: list, break_on: str | None = None) -> _aa_official.OfficialPackage:
+    """A stand-in for the official component classes, recording how the adapter builds and calls them."""
 
-    class FakeAutoAttack:
-        def __init__(self, model, norm="Linf", eps=.3, seed=None, verbose=True, attacks_to_run=[],
-                     version="standard", is_tf_model=False, device="cuda", log_path=None):
-            if version in ("standard", "plus", "rand") and attacks_to_run:
-                raise ValueError("attacks_to_run will be overridden unless you use version='custom'")
-            log.append(("init", norm, eps, seed, version, list(attacks_to_run), device, verbose))
-            self.model, self.eps = model, eps
-            self.apgd = types.SimpleNamespace(eot_iter=1)
-            self.apgd_targeted = types.SimpleNamespace(n_target_classes=9, eot_iter=1)
-            self.fab = types.SimpleNamespace(n_target_classes=9)
-            self.attacks_to_run = list(attacks_to_run)
+    def component(kind: str):
+        class Fake:
+            def __init__(self, model, **kw):
+                self.kw, self.seed, self.targeted, self.loss = kw, None, False, None
+                log.append(("init", kind, round(kw["eps"], 6), kw["seed"], kw.get("n_target_classes")))
 
-        def run_standard_evaluation(self, x, y, bs=250, return_labels=False, state_path=None):
-            print("Warning: it seems to be a randomized defense! Please use version=\"rand\".")
-            (name,) = self.attacks_to_run
-            log.append(("run", name, self.eps, x.shape[0], bs))
-            if name == break_on:  # move every point to the far corner of its box: flips the tiny model's labels
-                return (x + self.eps * torch.sign(torch.randn_like(x))).clamp(0, 1)
-            return x.clone()
+            def perturb(self, x, y):
+                name = {"apgd": f"apgd-{self.loss}", "apgdt": "apgd-t", "square": "square",
+                        "fab": "fab-t" if self.targeted else "fab"}[kind]
+                log.append(("run", name, round(self.kw["eps"], 6), x.shape[0], self.seed))
+                if name == break_on:  # the far corner of the box flips the tiny model's labels
+                    return (x + self.kw["eps"] * torch.sign(torch.randn_like(x))).clamp(0, 1)
+                return x.clone()
+        return Fake
 
-    mod = types.ModuleType("autoattack")
-    mod.AutoAttack = FakeAutoAttack
-    return mod
+    def check_randomized(model, x, y, bs=250, logger=None):
+        logger.warning('it seems to be a randomized defense! Please use version="rand".')
+
+    return _aa_official.OfficialPackage(
+        "pyautoattack", "0.0-test",
+        types.SimpleNamespace(APGDAttack=component("apgd"), APGDAttack_targeted=component("apgdt")),
+        types.SimpleNamespace(FABAttack_PT=component("fab")), types.SimpleNamespace(SquareAttack=component("square")),
+        types.SimpleNamespace(check_randomized=check_randomized, check_range_output=lambda model, x, logger=None: 10))
 
 
 def test_official_adapter_groups_by_eps_and_runs_one_component_at_a_time(monkeypatch):
     log: list = []
-    monkeypatch.setitem(sys.modules, "autoattack", _fake_official(log))
-    monkeypatch.setattr(_aa_official, "load_official", LOAD_OFFICIAL)
-    attack = AutoAttack(implementation="official", version="standard", seed=11)
-    assert attack.config()["implementation"].startswith("official-autoattack")
+    monkeypatch.setattr(_aa_official, "load_official", lambda: _fake_package(log))
+    attack = AutoAttack(implementation="official", version="standard", seed=11, early_exit=False)
+    assert attack.config()["implementation"] == "pyautoattack-0.0-test"
     model = tiny_model()
     x, y = tiny_batch(model, 6)
     eps = torch.tensor([0.1, 0.2, 0.1, 0.2, 0.1, 0.2])
     with pytest.warns(_aa_official.OfficialAutoAttackWarning, match="randomized defense"):
         result = attack(model, x, y, ThreatModel("Linf", eps))
-    inits = [e for e in log if e[0] == "init"]
-    assert sorted(round(e[2], 6) for e in inits) == [0.1, 0.2]
-    assert all(e[1:2] == ("Linf",) and e[3] == 11 and e[4] == "standard" and e[5] == [] and e[7] is False
-               for e in inits)
     runs = [e for e in log if e[0] == "run"]
     assert [r[1] for r in runs] == ["apgd-ce", "apgd-ce", "apgd-t", "apgd-t", "fab-t", "fab-t", "square", "square"]
-    # sample 0 is a clean mistake: the 0.1 group has 2 robust points, the 0.2 group 3
-    assert sorted((round(r[2], 6), r[3]) for r in runs[:2]) == [(0.1, 2), (0.2, 3)]
-    assert all(r[3] == r[4] for r in runs)  # the whole group in one official batch
+    # sample 0 is a clean mistake: the 0.1 group has 2 robust points, the 0.2 group 3; seed set before each call
+    assert sorted((r[2], r[3]) for r in runs[:2]) == [(0.1, 2), (0.2, 3)]
+    assert all(r[4] == 11 for r in runs)
+    inits = {e[1]: e for e in log if e[0] == "init"}
+    assert inits["apgdt"][4] == 9 and inits["fab"][4] == 9 and inits["apgd"][3] == 11
     assert result.info["broken_by"] == ["clean", None, None, None, None, None]
     assert len(result.info["official_warnings"]) == 1
+    assert set(result.info["passes"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
 
 
 def test_official_adapter_records_the_breaking_component(monkeypatch):
     log: list = []
-    monkeypatch.setitem(sys.modules, "autoattack", _fake_official(log, break_on="fab-t"))
-    monkeypatch.setattr(_aa_official, "load_official", LOAD_OFFICIAL)
+    monkeypatch.setattr(_aa_official, "load_official", lambda: _fake_package(log, break_on="fab-t"))
     model = tiny_model()
     x, y = tiny_batch(model, 6)
-    attack = AutoAttack(implementation="auto", version="custom", attacks_to_run=["apgd-ce", "fab-t", "square"], seed=1)
-    assert attack.use_official
+    attack = AutoAttack(version="custom", attacks_to_run=["apgd-ce", "fab-t", "square"], seed=1, early_exit=False)
+    assert attack.use_official and attack.implementation == "pyautoattack-0.0-test"
     with pytest.warns(_aa_official.OfficialAutoAttackWarning):
         result = attack(model, x, y, ThreatModel("Linf", 0.9))
-    assert [e[5] for e in log if e[0] == "init"] == [["apgd-ce", "fab-t", "square"]]
     broken = [b for b in result.info["broken_by"][1:] if b is not None]
     assert broken and set(broken) == {"fab-t"}
     assert result.success[1:].tolist() == [b is not None for b in result.info["broken_by"][1:]]
     square_runs = [e for e in log if e[0] == "run" and e[1] == "square"]
     assert sum(e[3] for e in square_runs) == 5 - len(broken)
+
+
+def test_early_exit_runs_apgd_natively_and_the_rest_from_the_official_classes(monkeypatch):
+    log: list = []
+    monkeypatch.setattr(_aa_official, "load_official", lambda: _fake_package(log))
+    model = tiny_model()
+    x, y = tiny_batch(model, 6)
+    attack = AutoAttack(version="custom", attacks_to_run=["apgd-ce", "square"], seed=1)
+    assert attack.implementation == "pyautoattack-0.0-test (APGD early exit)"
+    with pytest.warns(_aa_official.OfficialAutoAttackWarning):
+        result = attack(model, x, y, ThreatModel("Linf", 0.5))
+    assert not [e for e in log if e[0] == "run" and e[1].startswith("apgd")]
+    assert "apgd-ce" in result.info["broken_by"]
+    robust_left = result.info["broken_by"].count(None)
+    assert sum(e[3] for e in log if e[0] == "run" and e[1] == "square") == robust_left
 
 
 # ------------------------------------------------------------------------------------- real model and data

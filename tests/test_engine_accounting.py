@@ -394,7 +394,7 @@ def test_leaderboard_ranks_ties_with_min_and_sorts_deterministically(tmp_path):
     assert list(board.columns) == ["rank", "model", "defense", "evaluation", "dataset", "norm", "eps", "n_examples",
                                    "clean_acc", "robust_acc", "acc_shift", "clean_acc_ci_low", "clean_acc_ci_high",
                                    "robust_acc_ci_low", "robust_acc_ci_high", "p_vs_next", "tied_with_next",
-                                   "seconds", "flags", "attacks", "run_id"]
+                                   "seconds", "passes", "flags", "attacks", "run_id"]
     for eps in (0.02, 0.03):
         part = board[board.eps == eps]
         assert part["model"].tolist() == ["a-twin", "b-twin", "weaker"]

@@ -44,7 +44,7 @@ def test_evaluate_tensors(linear_model, digits_test, tmp_path):
     assert list(board.columns) == ["rank", "model", "defense", "evaluation", "dataset", "norm", "eps", "n_examples",
                                    "clean_acc", "robust_acc", "acc_fgsm", "acc_pgd", "clean_acc_ci_low",
                                    "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "p_vs_next",
-                                   "tied_with_next", "seconds", "flags", "attacks", "run_id"]
+                                   "tied_with_next", "seconds", "passes", "flags", "attacks", "run_id"]
     assert board["eps"].tolist() == [0.05, 0.1] and board["model"].tolist() == ["softmax"] * 2
     assert board["dataset"].tolist() == ["custom"] * 2
     assert 80 <= board.loc[0, "clean_acc"] <= 100

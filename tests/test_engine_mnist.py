@@ -55,7 +55,7 @@ def test_example_leaderboard_shape(example_run):
     assert list(board.columns) == ["rank", "model", "defense", "evaluation", "dataset", "norm", "eps", "n_examples",
                                    "clean_acc", "robust_acc", "acc_fgsm", "acc_pgd", "clean_acc_ci_low",
                                    "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "p_vs_next",
-                                   "tied_with_next", "seconds", "flags", "attacks", "run_id"]
+                                   "tied_with_next", "seconds", "passes", "flags", "attacks", "run_id"]
     assert board["flags"].astype("string").fillna("").eq("").all()  # cheap checks: no false flag on lenet5 clean / adv
     assert len(board) == 6 and set(board["n_examples"]) == {1000}
     assert set(board["attacks"]) == {"fgsm=robustkit;pgd=robustkit"}

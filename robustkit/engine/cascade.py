@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pandas as pd
@@ -21,6 +21,7 @@ from torch import nn
 
 from robustkit.attacks import Attack
 from robustkit.errors import BudgetViolationError
+from robustkit.passes import PassCounter, add_passes
 from robustkit.predict import predict
 from robustkit.threat import RTOL, ThreatModel, check_budget
 
@@ -41,6 +42,8 @@ class SampleState:
     broken_at_eps: list[float | None]
     adv_pred: list[int | None]
     adv_norm: list[float | None]
+    # [forward, backward] sample-passes spent on this batch, per attack label ("clean": the clean predictions)
+    passes: dict[str, list[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -88,9 +91,13 @@ class SampleState:
             return parts[0]
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
         join = lambda name: [v for p in parts for v in getattr(p, name)]  # noqa: E731
+        passes: dict[str, list[int]] = {}
+        for p in parts:
+            for label, (fwd, bwd) in p.passes.items():
+                add_passes(passes, label, fwd, bwd)
         return SampleState(cat("label"), cat("clean_pred"), cat("clean_correct"), cat("robust_after"), cat("robust"),
                            cat("attacked"), join("broken_by"), join("broken_at_eps"), join("adv_pred"),
-                           join("adv_norm"))
+                           join("adv_norm"), passes)
 
 
 def _clean_state(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_attacks: int) -> SampleState:
@@ -137,38 +144,48 @@ def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seq
     """Evaluate one batch (already on the model's device, model in eval mode) at one eps.
 
     ``prior`` is the same examples' state at the previous eps of the nested list (None at the smallest).
+    ``state.passes`` records the model passes of the clean predictions and of each attack (its engine
+    re-prediction included), counted by :class:`robustkit.passes.PassCounter`.
     """
     if prior is not None and len(prior) != x.shape[0]:
         raise ValueError(f"prior has {len(prior)} samples for a batch of {x.shape[0]}")
-    state = _clean_state(model, x, y, len(attacks)) if prior is None else _inherited_state(prior, len(attacks))
+    with PassCounter(model) as counter:
+        state = _clean_state(model, x, y, len(attacks)) if prior is None else _inherited_state(prior, len(attacks))
+    if counter.total:
+        add_passes(state.passes, CLEAN, *counter.snapshot())
     eps = float(threat.eps) if not isinstance(threat.eps, torch.Tensor) else threat.eps
     alive = state.robust.clone()
     for j, attack in enumerate(attacks):
         idx = alive.nonzero().squeeze(1)
-        if idx.numel():
-            dev_idx = idx.to(x.device)
-            xs, ys = x[dev_idx], y[dev_idx]
-            sub_threat = threat.subset(dev_idx)
-            result = attack(model, xs, ys, sub_threat, generator=generator)
-            x_adv = getattr(result, "x_adv", result)
-            if not isinstance(x_adv, torch.Tensor):
-                raise BudgetViolationError(f"attack {attack.label!r} returned {type(x_adv).__name__}, "
-                                           f"not adversarial inputs")
-            x_adv = x_adv.detach().to(device=xs.device, dtype=torch.float32)
-            norms = check_budget(xs, x_adv, sub_threat.eps, threat.norm, rtol=RTOL,
-                                 who=f"attack {attack.label!r} (engine check)", mask=sub_threat.mask,
-                                 patch_side=threat.patch_side)
-            pred = predict(model, x_adv)
-            broke = (pred != ys).cpu()
-            broke_idx = idx[broke].tolist()
-            parts = _component_names(result, len(idx))
-            part_of = [parts[k] for k in broke.nonzero().squeeze(1).tolist()] if parts else [None] * len(broke_idx)
-            for i, p, nrm, part in zip(broke_idx, pred.cpu()[broke].tolist(), norms.cpu()[broke].tolist(), part_of):
-                state.broken_by[i] = f"{attack.label}:{part}" if part else attack.label
-                state.broken_at_eps[i] = float(eps) if not isinstance(eps, torch.Tensor) else float(eps[i])
-                state.adv_pred[i] = int(p)
-                state.adv_norm[i] = float(nrm)
-            alive[idx[broke]] = False
+        with PassCounter(model) as counter:
+            if idx.numel():
+                dev_idx = idx.to(x.device)
+                xs, ys = x[dev_idx], y[dev_idx]
+                sub_threat = threat.subset(dev_idx)
+                result = attack(model, xs, ys, sub_threat, generator=generator)
+                x_adv = getattr(result, "x_adv", result)
+                if not isinstance(x_adv, torch.Tensor):
+                    raise BudgetViolationError(f"attack {attack.label!r} returned {type(x_adv).__name__}, "
+                                               f"not adversarial inputs")
+                x_adv = x_adv.detach().to(device=xs.device, dtype=torch.float32)
+                norms = check_budget(xs, x_adv, sub_threat.eps, threat.norm, rtol=RTOL,
+                                     who=f"attack {attack.label!r} (engine check)", mask=sub_threat.mask,
+                                     patch_side=threat.patch_side)
+                pred = predict(model, x_adv)
+                broke = (pred != ys).cpu()
+                broke_idx = idx[broke].tolist()
+                parts = _component_names(result, len(idx))
+                part_of = ([parts[k] for k in broke.nonzero().squeeze(1).tolist()] if parts
+                           else [None] * len(broke_idx))
+                for i, p, nrm, part in zip(broke_idx, pred.cpu()[broke].tolist(), norms.cpu()[broke].tolist(),
+                                           part_of):
+                    state.broken_by[i] = f"{attack.label}:{part}" if part else attack.label
+                    state.broken_at_eps[i] = float(eps) if not isinstance(eps, torch.Tensor) else float(eps[i])
+                    state.adv_pred[i] = int(p)
+                    state.adv_norm[i] = float(nrm)
+                alive[idx[broke]] = False
+        add_passes(state.passes, attack.label, *counter.snapshot())
         state.robust_after[:, j] = alive
     state.robust = alive
     return state
+

@@ -25,7 +25,7 @@ PER_SAMPLE_CSV = "per_sample.csv"
 BASE_COLUMNS = ["rank", "model", "dataset", "norm", "eps", "n_examples", "clean_acc", "robust_acc"]
 STATS_COLUMNS = ["clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "p_vs_next",
                  "tied_with_next"]
-TAIL_COLUMNS = ["seconds", "flags", "attacks", "run_id"]
+TAIL_COLUMNS = ["seconds", "passes", "flags", "attacks", "run_id"]
 SIGNIFICANCE = 0.05  # neighbours whose McNemar p-value is >= this are "tied_with_next"
 
 
@@ -84,6 +84,8 @@ def build_leaderboard(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJo
             int(samples["robust"].sum()), n)
         row["_job_id"] = job.job_id
         row["seconds"] = round(store.job_seconds(job.job_id), 2)
+        passes = store.job_passes(job.job_id)  # forward + backward model passes per example (machine-independent)
+        row["passes"] = round(passes / n, 1) if passes is not None and n else float("nan")
         row["flags"] = (flags or {}).get((job.model, float(job.eps)), "")
         row["attacks"] = suite_string(sweep)
         row["run_id"] = run_id
@@ -152,6 +154,7 @@ def add_defense_rows(board: pd.DataFrame, defenses: dict[str, str],
                          "robust_acc_ci_low": robust_ci[0], "robust_acc_ci_high": robust_ci[1],
                          "_fraction": r["certified_count"] / n if n else 0.0,
                          "seconds": round(seconds, 2),
+                         "passes": float("nan"),
                          "flags": "",
                          # The certification settings are the "attack parameters" of a certified row.
                          "attacks": f"certify=smoothing(sigma={r.get('sigma')}) n0={r.get('n0')} n={r.get('n')} "

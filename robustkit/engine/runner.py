@@ -155,7 +155,7 @@ class _JobRunner:
                 self.store.commit_batch(job_id=job.job_id, batch_index=b, start=start, stop=stop,
                                         seed=identity.batch_seed(self.sweep.seed, job.job_id, b), chunk_size=chunk,
                                         n_attacked=state.n_attacked, seconds=seconds, run_id=self.run_id,
-                                        attempt=self.attempt, rows=state.rows(start))
+                                        attempt=self.attempt, rows=state.rows(start), passes=state.passes)
                 self.computed += 1
                 bar.update(stop - start, int(state.robust.sum()))
         self.store.mark_job_finished(job.job_id)

@@ -171,6 +171,7 @@ class ResultStore:
         self.conn.executescript(_SCHEMA)
         self._check_schema_version()
         self._add_provenance_column()
+        self._add_passes_column()
 
     @classmethod
     def open(cls, out_dir: Path, *, fresh: bool = False) -> "ResultStore":
@@ -198,6 +199,14 @@ class ResultStore:
         if "provenance" not in columns:
             with self._transaction() as c:
                 c.execute("ALTER TABLE runs ADD COLUMN provenance TEXT")
+
+    def _add_passes_column(self) -> None:
+        """``batches.passes`` (JSON ``{attack label: [forward, backward]}`` sample-passes) was added after
+        schema 1: older stores get the column in place; their batches read as "not counted" (NULL)."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(batches)").fetchall()}
+        if "passes" not in columns:
+            with self._transaction() as c:
+                c.execute("ALTER TABLE batches ADD COLUMN passes TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -322,13 +331,17 @@ class ResultStore:
 
     def commit_batch(self, *, job_id: str, batch_index: int, start: int, stop: int, seed: int, chunk_size: int,
                      n_attacked: int, seconds: float, run_id: str, attempt: int,
-                     rows: Iterable[Sequence[Any]]) -> bool:
-        """Store a batch and its per-sample rows in ONE transaction. False if it was already stored."""
+                     rows: Iterable[Sequence[Any]], passes: dict[str, list[int]] | None = None) -> bool:
+        """Store a batch and its per-sample rows in ONE transaction. False if it was already stored.
+
+        ``passes``: the batch's ``{attack label: [forward, backward]}`` sample-passes (None: not counted).
+        """
         with self._transaction() as c:
             cur = c.execute("INSERT OR IGNORE INTO batches (job_id, batch_index, start, stop, seed, chunk_size, "
-                            "n_attacked, seconds, computed_at, run_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            "n_attacked, seconds, computed_at, run_id, attempt, passes) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (job_id, batch_index, start, stop, seed, chunk_size, n_attacked, float(seconds),
-                             time.time(), run_id, attempt))
+                             time.time(), run_id, attempt, None if passes is None else canonical_json(passes)))
             if cur.rowcount == 0:  # another process stored this batch first: keep theirs
                 return False
             placeholders = ", ".join("?" * (len(SAMPLE_COLUMNS) + 1))
@@ -349,6 +362,13 @@ class ResultStore:
     def job_seconds(self, job_id: str) -> float:
         row = self.conn.execute("SELECT COALESCE(SUM(seconds), 0) FROM batches WHERE job_id = ?", (job_id,)).fetchone()
         return float(row[0])
+
+    def job_passes(self, job_id: str) -> int | None:
+        """Forward + backward sample-passes of all of a job's batches; None if any batch was not counted."""
+        rows = self.conn.execute("SELECT passes FROM batches WHERE job_id = ?", (job_id,)).fetchall()
+        if not rows or any(r[0] is None for r in rows):
+            return None
+        return sum(int(f) + int(b) for (text,) in rows for f, b in json.loads(text).values())
 
     def batches(self, job_id: str | None = None) -> pd.DataFrame:
         """The batches table (all jobs, or one), for audits and tests."""
