@@ -128,6 +128,12 @@ def _randomized_for_verdict(model: nn.Module, x: torch.Tensor) -> bool:
     return refresh_randomized(model, x)
 
 
+def verdict_is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`predict` treats ``model`` as randomized, probing it on ``x`` now if it was never probed
+    (so that a caller can pay the one-time probe before it starts counting passes)."""
+    return _randomized_for_verdict(model, x)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, *, n_passes: int | None = None) -> torch.Tensor:
     """Predicted labels (int64, shape (n,)).

@@ -22,7 +22,7 @@ from torch import nn
 from robustkit.attacks import Attack
 from robustkit.errors import BudgetViolationError
 from robustkit.passes import PassCounter, add_passes
-from robustkit.predict import predict
+from robustkit.predict import predict, verdict_is_randomized
 from robustkit.threat import RTOL, ThreatModel, check_budget
 
 CLEAN = "clean"  # ``broken_by`` of a sample the model gets wrong without any attack
@@ -145,10 +145,13 @@ def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seq
 
     ``prior`` is the same examples' state at the previous eps of the nested list (None at the smallest).
     ``state.passes`` records the model passes of the clean predictions and of each attack (its engine
-    re-prediction included), counted by :class:`robustkit.passes.PassCounter`.
+    re-prediction included), counted by :class:`robustkit.passes.PassCounter`. The one-time randomness probe
+    of a model that declares nothing is made before counting, so the counts of a batch do not depend on
+    whether it was the first one computed (a resumed run counts what a fresh one counts).
     """
     if prior is not None and len(prior) != x.shape[0]:
         raise ValueError(f"prior has {len(prior)} samples for a batch of {x.shape[0]}")
+    verdict_is_randomized(model, x)
     with PassCounter(model) as counter:
         state = _clean_state(model, x, y, len(attacks)) if prior is None else _inherited_state(prior, len(attacks))
     if counter.total:
