@@ -23,6 +23,8 @@ PASSES = 3
 PROB_ATOL = 1e-4      # |row sum - 1| tolerated for "probabilities"
 BLACKBOX_KINDS = ("score-based", "decision-based", "transfer")
 BLACKBOX_COMPONENTS = ("square",)  # AutoAttack's score-based component (after APGD/FAB in every version)
+# the score-based parts of each ensemble attack, as they appear after "<label>:" in broken_by
+ENSEMBLE_BLACKBOX = {"autoattack": BLACKBOX_COMPONENTS, "autoattack-fast": ("square", "escalated:square")}
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -108,7 +110,7 @@ def check_blackbox_beats_whitebox(ctx: CheckContext) -> list[CheckResult]:
                      if a.kind in BLACKBOX_KINDS and "white-box" in kinds[:j]]
     # An ensemble attack (AutoAttack) runs its score-based component (Square) after its gradient ones; the
     # engine stores the breaking component as "<label>:<component>".
-    late_blackbox += [f"{a.label}:{c}" for a in ctx.attacks if a.name == "autoattack" for c in BLACKBOX_COMPONENTS]
+    late_blackbox += [f"{a.label}:{c}" for a in ctx.attacks for c in ENSEMBLE_BLACKBOX.get(a.name, ())]
     if not late_blackbox:
         return [CheckResult("blackbox-beats-whitebox", False, "no score-based/transfer attack after a white-box "
                             "attack in the suite", applicable=False)]
