@@ -133,3 +133,23 @@ def test_subgroup_columns_on_real_mnist(shared_dir, mnist_test, tmp_path):
     assert board.clean_worst_group_acc == clean.worst_group_acc and board.clean_macro_std == clean.macro_std
     assert board.robust_worst_group_acc < board.robust_acc and board.robust_macro_std > 0
     assert board.robust_macro_std_ci_low <= board.robust_macro_std <= board.robust_macro_std_ci_high
+
+
+def test_fixed_and_searched_universal_patches_through_the_engine(shared_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet2b-pgd"], threat_model=[
+        {"norm": "Linf", "eps": ["1/255"]},
+        {"name": "patch", "area": [0.1], "location": "fixed", "position": [0, 0],
+         "attacks": [{"name": "patch", "steps": 3}]},
+        {"name": "patch", "area": [0.1], "location": "searched", "train_examples": 6,
+         "attacks": [{"name": "patch", "universal": True, "epochs": 1, "batch_size": 6, "candidates": 2,
+                      "label": "upatch"}]},
+    ])
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    patch = pd.read_csv(tmp_path / "out" / "patch.csv", dtype={"train_split": str, "eval_split": str})
+    fixed = patch[patch.location == "fixed"].iloc[0]
+    searched = patch[patch.location == "searched"].iloc[0]
+    assert fixed.n_examples == 12 and fixed.eval_split == "0..11" and fixed.side == 10
+    assert searched.n_examples == 6 and searched.train_split == "0..5" and searched.eval_split == "6..11"
+    assert searched.acc_upatch == searched.robust_acc <= searched.clean_acc
+    assert list((tmp_path / "out" / "universal").glob("*.pt"))  # the fitted patch is kept for a resume
