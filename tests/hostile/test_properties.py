@@ -63,6 +63,17 @@ def test_projection_lands_in_the_ball_and_the_box(case):
     check_budget(x, out, eps, norm)  # never raises on a projection
 
 
+@pytest.mark.parametrize("x,x_adv,norm", [
+    ([0.7576], [0.7578], "L2"),                                   # eps of a few float32 ulps of the pixel
+    ([0.4963, 0.7682, 0.0885, 0.1320], [-10.3977, 3.6104, -5.3341, -6.8609], "L1"),  # L1 cancellation
+])
+def test_projection_regressions_found_by_hypothesis(x, x_adv, norm):
+    """Both used to land outside the ball (by 4.6e-8 on eps 1e-4): found by the property test above."""
+    xt = torch.tensor(x).reshape(1, 1, 1, -1)
+    out = project(xt, torch.tensor(x_adv).reshape(1, 1, 1, -1), 1e-4, norm)
+    check_budget(xt, out, 1e-4, norm)
+
+
 @settings(max_examples=300, deadline=None)
 @given(batches())
 def test_check_budget_accepts_exactly_the_points_within_eps(case):
