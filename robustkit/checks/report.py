@@ -87,12 +87,12 @@ def render_report(record: dict[str, Any], board_md: str | None, checks: pd.DataF
     return "\n".join(lines) + "\n"
 
 
-def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
-    """The report of the run in ``run_dir`` (the run of its leaderboard.csv, else the latest run)."""
-    from robustkit.engine.leaderboard import LEADERBOARD_CSV, LEADERBOARD_MD
+def folder_run(run_dir: Path, run_id: str | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The run record (config, provenance) and stored check results of the run in ``run_dir``: the run of its
+    leaderboard.csv unless ``run_id`` says otherwise, else the latest run of its results store."""
+    from robustkit.engine.leaderboard import LEADERBOARD_CSV
     from robustkit.engine.store import DB_NAME, ResultStore
 
-    run_dir = Path(run_dir)
     if not (run_dir / DB_NAME).is_file():
         raise RobustkitError(f"{run_dir}: no {DB_NAME} here; expected the output folder of robustkit eval")
     if run_id is None and (run_dir / LEADERBOARD_CSV).is_file():
@@ -108,6 +108,15 @@ def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
                                  f"{run_dir / DB_NAME}: no run recorded")
         mode = (record.get("provenance") or {}).get("checks")
         checks = store.checks(record["run_id"], mode=mode)
+    return record, checks
+
+
+def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
+    """The report of the run in ``run_dir`` (the run of its leaderboard.csv, else the latest run)."""
+    from robustkit.engine.leaderboard import LEADERBOARD_MD
+
+    run_dir = Path(run_dir)
+    record, checks = folder_run(run_dir, run_id)
     md = (run_dir / LEADERBOARD_MD).read_text(encoding="utf-8") if (run_dir / LEADERBOARD_MD).is_file() else None
     sections = run_dir / THREAT_SECTIONS_MD  # corruption / patch / universal sections (robustkit.engine.beyond_lp_tables)
     if md is not None and sections.is_file():

@@ -25,8 +25,9 @@ def _add_commands() -> None:
     from . import zoo_cmd
 
     cli.add_command(zoo_cmd.zoo)
-    for mod_name, attr in (("eval_cmd", "eval_cmd"), ("attacks_cmd", "attacks"), ("report_cmd", "report"),
-                           ("train_cmd", "train")):
+    for mod_name, attr in (("eval_cmd", "eval_cmd"), ("attacks_cmd", "attacks"), ("defenses_cmd", "defenses"),
+                           ("datasets_cmd", "datasets"), ("report_cmd", "report"), ("compare_cmd", "compare"),
+                           ("export_cmd", "export"), ("train_cmd", "train")):
         try:
             mod = __import__(f"robustkit.cli.{mod_name}", fromlist=[attr])
         except ModuleNotFoundError as exc:

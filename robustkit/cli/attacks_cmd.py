@@ -7,11 +7,11 @@ table shows exactly the class attributes the engine and the leaderboard use. It 
 """
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import click
+
+from .listing import list_command
 
 COLUMNS = ("name", "kind", "norms", "targeted", "implementation", "notes")
 
@@ -49,32 +49,10 @@ def attack_rows() -> list[dict[str, str]]:
     return rows
 
 
-def format_table(rows: list[dict[str, str]]) -> str:
-    """Plain left-aligned columns separated by two spaces, with a header and a rule."""
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip(),
-             "  ".join("-" * widths[c] for c in COLUMNS)]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def format_csv(rows: list[dict[str, str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().rstrip("\n")
-
-
 @click.group("attacks")
 def attacks() -> None:
     """The attacks a sweep can use."""
 
 
-@attacks.command("list")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True,
-              help="Aligned table for reading, CSV for scripts.")
-def list_attacks(fmt: str) -> None:
-    """List every attack with its kind, norms, targeted support and implementation."""
-    rows = attack_rows()
-    click.echo(format_csv(rows) if fmt == "csv" else format_table(rows))
+list_command(attacks, attack_rows, COLUMNS,
+             "List every attack with its kind, norms, targeted support and implementation.")

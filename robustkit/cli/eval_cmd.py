@@ -19,10 +19,12 @@ from robustkit.errors import ConfigError, short_repr
 from robustkit.userfiles import load_yaml_text
 from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.engine.config import load_config, parse_config, resolve_config
+from robustkit.engine.dry_run import format_plan, plan_sweep
 from robustkit.engine.identity import canonical_json, sha256_text
 from robustkit.engine.leaderboard import LEADERBOARD_CSV, PER_SAMPLE_CSV, to_markdown
 from robustkit.engine.quickstart import DEFAULT_ATTACKS, QUICKSTART_OUT, quickstart_sweep
 from robustkit.engine.runner import RunResult, run_sweep
+from robustkit.report.html import PLOTS_DIR, REPORT_HTML
 
 COMMAND_LINE = "command line"
 
@@ -59,10 +61,11 @@ def _adhoc_config(models: tuple[str, ...], dataset: str | None, root: str | None
 
 def _report(result: RunResult, quiet: bool) -> None:
     click.echo(to_markdown(result.leaderboard), nl=False)
-    names = [LEADERBOARD_CSV, "leaderboard.md", PER_SAMPLE_CSV, "report.md"]
+    names = [LEADERBOARD_CSV, "leaderboard.md", PER_SAMPLE_CSV, "report.md", REPORT_HTML]
     if result.curve is not None:
-        names += ["curve.csv", "curve.png"]  # the PNG only where matplotlib is installed
-    files = [str(result.out / n) for n in names if (result.out / n).is_file()]
+        names += ["curve.csv", "curve.png"]
+    names.append(PLOTS_DIR + "/")
+    files = [str(result.out / n) for n in names if (result.out / n).exists()]
     listed = ", ".join(files[:-1]) + f" and {files[-1]}" if len(files) > 1 else "".join(files)
     click.echo(f"wrote {listed} ({result.batches_computed} batches computed, {result.batches_reused} reused)",
                err=True)
@@ -90,10 +93,12 @@ def _report(result: RunResult, quiet: bool) -> None:
               help="Ad hoc: attack name or '{name: pgd, steps: 40}' (repeatable, in cascade order).")
 @click.option("--eps", multiple=True, help="Ad hoc: radius, a number or a fraction like 8/255 (repeatable).")
 @click.option("--norm", help="Ad hoc: Linf (default), L2 or L1.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (jobs, batches, reused batches, an upper bound of "
+                                              "model passes) and compute nothing.")
 def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_examples: int | None,
              batch_size: int | None, seed: int | None, fresh: bool, quiet: bool, models: tuple[str, ...],
              dataset: str | None, root: str | None, attacks: tuple[str, ...], eps: tuple[str, ...],
-             norm: str | None, checks: str | None = None, wait: bool = False) -> None:
+             norm: str | None, checks: str | None = None, wait: bool = False, dry_run: bool = False) -> None:
     """Evaluate models against an attack suite and print the leaderboard.
 
     With no arguments, runs the quickstart: the small digits models against the built-in suite.
@@ -117,6 +122,9 @@ def eval_cmd(config_path: Path | None, out: Path | None, device: str | None, n_e
         sweep = quickstart_sweep(device=device or "auto", n_examples=n_examples, batch_size=batch_size,
                                  seed=0 if seed is None else seed)
         target = out or QUICKSTART_OUT
+    if dry_run:
+        click.echo(format_plan(sweep, target, plan_sweep(sweep, target)), nl=False)
+        return
     from_config = config_path is not None or adhoc
     mode = checks or (cfg.checks if from_config else "cheap")
     radii = cfg.certified_radii if from_config else DEFAULT_RADII

@@ -40,7 +40,7 @@ from robustkit.predict import predict
 from robustkit.threat import ThreatModel, parse_eps, validate_eps
 
 from . import identity
-from .devices import auto_batch_size
+from .devices import auto_batch_size, on_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sweep import Sweep
@@ -199,13 +199,11 @@ def fill_curve(sweep: "Sweep", per_sample: pd.DataFrame, spec: CurveSpec, out: P
 
     ``per_sample`` is the sweep's per-sample table (the bounded suite's verdicts). Returns the curve table.
     """
-    from .runner import _on_device  # local import: the runner imports this module
-
     attack = spec.build()
     batch_size = sweep.batch_size or auto_batch_size(tuple(sweep.dataset.x.shape[1:]), device)
     norms_by_model: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for entry in sweep.models:
-        with _on_device(entry.model, device):
+        with on_device(entry.model, device):
             norms_by_model[entry.name] = min_norms(entry.model, attack, sweep.dataset.x, sweep.dataset.y, sweep.norm,
                                                    seed=sweep.seed, key=entry.name, batch_size=batch_size,
                                                    device=device)

@@ -7,7 +7,15 @@ free memory at that moment), because the batch layout decides the random-number 
 """
 from __future__ import annotations
 
+import contextlib
+import random
+from typing import Iterator
+
+import numpy as np
 import torch
+from torch import nn
+
+from robustkit.predict import model_device
 
 from robustkit.errors import ConfigError
 
@@ -66,3 +74,22 @@ def release_cached_memory() -> None:
     """Give cached CUDA blocks back before retrying a smaller batch (a no-op without CUDA)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Move the model to ``device`` for its jobs and back afterwards (frees the GPU for the next model)."""
+    original = model_device(model)
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(original)
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed the global RNGs (torchattacks-based attacks draw from them) and return a generator for the attack."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    return torch.Generator(device=device).manual_seed(seed)

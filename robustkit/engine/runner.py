@@ -8,14 +8,11 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -24,7 +21,7 @@ import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.errors import RobustkitError
 from robustkit.outputs import OutputLock, output_dir
-from robustkit.predict import NonFiniteOutputError, model_device
+from robustkit.predict import NonFiniteOutputError
 from robustkit.threat import ThreatModel
 
 from . import identity
@@ -32,10 +29,12 @@ from robustkit.checks import check_mode
 from robustkit.checks.report import write_report
 from robustkit.checks.sweep_checks import flags_by_row, sweep_checks
 from robustkit.provenance import run_provenance
+from robustkit.report.stage import write_run_report
 
 from .cascade import SampleState, run_cascade
 from .curve_fill import fill_curve, parse_curve
-from .devices import auto_batch_size, is_out_of_memory, release_cached_memory, resolve_device
+from .devices import (auto_batch_size, is_out_of_memory, on_device as _on_device, release_cached_memory,
+                      resolve_device, seed_everything)
 from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.defenses.sweep import certify_cached, leaderboard_fields
 
@@ -61,25 +60,6 @@ class RunResult:
     batches_reused: int
     curve: pd.DataFrame | None = None  # curve.csv when the sweep asks for one (robustkit.engine.curve_fill)
     sections: dict[str, pd.DataFrame] | None = None  # corruption / patch / universal tables (beyond_lp_tables)
-
-
-@contextlib.contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Move the model to ``device`` for its jobs and back afterwards (frees the GPU for the next model)."""
-    original = model_device(model)
-    model.to(device)
-    try:
-        yield model
-    finally:
-        model.to(original)
-
-
-def seed_everything(seed: int, device: torch.device) -> torch.Generator:
-    """Seed the global RNGs (torchattacks-based attacks draw from them) and return a generator for the attack."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def plan_jobs(sweep: Sweep) -> list[PlannedJob]:
@@ -287,6 +267,7 @@ def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, q
     run_transfer_grid(sweep, out, device, requested_batch)
     curve_spec = parse_curve((sweep.config or {}).get("curve"), sweep.norm)
     curve = fill_curve(sweep, per_sample, curve_spec, out, device) if curve_spec is not None else None
+    write_run_report(sweep, out, per_sample, device)
     return RunResult(run_id=run_id, leaderboard=board, per_sample=per_sample, out=out,
                      batches_computed=runner.computed + extra.computed, batches_reused=runner.reused + extra.reused,
                      curve=curve, sections=tables)
