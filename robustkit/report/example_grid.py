@@ -30,7 +30,7 @@ def example_grid(examples: dict[str, np.ndarray], model: str, norm: str) -> Figu
     """The grid figure for one model's stored examples: one column per example, rows clean / adversarial /
     perturbation."""
     n = len(examples["index"])
-    fig = Figure(figsize=(1.0 + 2.1 * n, 7.4))
+    fig = Figure(figsize=(1.0 + 2.1 * n, 7.4), layout="constrained")
     axes = fig.subplots(3, n, squeeze=False)
     for col in range(n):
         clean, adv = examples["clean"][col], examples["adv"][col]
@@ -50,5 +50,4 @@ def example_grid(examples: dict[str, np.ndarray], model: str, norm: str) -> Figu
     for row, name in enumerate(("clean", "adversarial", "perturbation")):
         axes[row][0].set_ylabel(name, fontsize=9)
     fig.suptitle(f"{model}: adversarial examples (the breaking attack re-run on each sample)", fontsize=9)
-    fig.tight_layout()
     return fig

@@ -42,11 +42,11 @@ def model_colors(models: Sequence[str]) -> dict[str, str]:
     return {m: palette[i % len(palette)] for i, m in enumerate(models)}
 
 
-def save(fig: Figure, stem: Path) -> list[Path]:
+def save(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """``stem.png`` and ``stem.svg``, each written atomically (:mod:`robustkit.outputs`)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fmt in FORMATS:
+    for fmt in formats:
         meta = {"Date": None} if fmt == "svg" else None  # no timestamp: the same run gives the same SVG
         paths.append(write_with(stem.with_name(f"{stem.name}.{fmt}"),
                                 lambda tmp, fmt=fmt, meta=meta: fig.savefig(tmp, dpi=DPI, format=fmt, metadata=meta)))
@@ -84,11 +84,9 @@ def empirical_curve(run: RunFolder, model: str) -> pd.DataFrame:
     return pd.concat([head, body], ignore_index=True)
 
 
-def accuracy_vs_eps(run: RunFolder, models: Sequence[str]) -> Figure:
+def draw_accuracy(ax: Axes, run: RunFolder, models: Sequence[str], legend: str = "right") -> None:
     """Robust accuracy against eps with 95% Clopper-Pearson bands, and the minimum-norm curve where one ran."""
     colors = model_colors(run.models)
-    fig = Figure(figsize=(7.2, 4.4))
-    ax = fig.subplots()
     for model in models:
         curve = empirical_curve(run, model)
         _band(ax, curve["eps"], curve["acc"], curve["lo"], curve["hi"], colors[model], f"{model}")
@@ -98,40 +96,28 @@ def accuracy_vs_eps(run: RunFolder, models: Sequence[str]) -> Figure:
                 ax.step(mn["eps"], mn["robust_acc_min_norm"], where="post", linestyle="--", color=colors[model],
                         linewidth=1.2, label=f"{model} (min-norm {mn['attack'].iloc[0].split('=')[0]})")
     _accuracy_axes(ax, f"eps ({run.norm})")
-    ax.set_title(f"Robust accuracy vs eps ({run.dataset}, {run.norm}; bands: 95% Clopper-Pearson)", fontsize=10)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig
+    ax.set_title(f"Robust accuracy vs eps ({run.dataset}, {run.norm}; bands: 95% Clopper-Pearson)", fontsize=9)
+    if legend == "right":
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    else:
+        ax.legend(fontsize=8, loc="lower left", frameon=False)
 
 
-def certified_vs_radius(run: RunFolder, models: Sequence[str]) -> Figure:
-    """Per certifiable model: certified accuracy against the L2 radius (left) beside its empirical curve (right)."""
-    colors = model_colors(run.models)
-    fig = Figure(figsize=(9, 3.0 * len(models)))
-    axes = fig.subplots(len(models), 2, squeeze=False)
-    for (left, right), model in zip(axes, models):
-        cert = run.certified[run.certified["model"] == model].sort_values("eps")
-        _band(left, cert["eps"], cert["robust_acc"], cert["robust_acc_ci_low"], cert["robust_acc_ci_high"],
-              colors[model], "certified", marker="s")
-        _accuracy_axes(left, "L2 radius")
-        left.set_title(f"{model}: certified accuracy", fontsize=10)
-        curve = empirical_curve(run, model)
-        _band(right, curve["eps"], curve["acc"], curve["lo"], curve["hi"], colors[model], "empirical (attacks)")
-        _accuracy_axes(right, f"eps ({run.norm})")
-        right.set_title(f"{model}: empirical robust accuracy", fontsize=10)
-    fig.tight_layout()
-    return fig
+def draw_certified(ax: Axes, run: RunFolder, model: str) -> None:
+    """Certified accuracy of a certifiable model against the L2 radius, with 95% Clopper-Pearson bands."""
+    cert = run.certified[run.certified["model"] == model].sort_values("eps")
+    _band(ax, cert["eps"], cert["robust_acc"], cert["robust_acc_ci_low"], cert["robust_acc_ci_high"],
+          model_colors(run.models)[model], "certified", marker="s")
+    _accuracy_axes(ax, "L2 radius")
+    ax.set_title(f"{model}: certified accuracy", fontsize=9)
 
 
-def cascade(run: RunFolder, models: Sequence[str]) -> Figure:
+def draw_cascade(ax: Axes, run: RunFolder, models: Sequence[str]) -> None:
     """Stacked bars per (model, eps): clean mistakes, broken at a smaller eps, broken by each attack, robust."""
     counts = cascade_counts(run.per_sample[run.per_sample["model"].isin(models)], run.attack_labels)
     categories = [c for c in counts.columns if c not in ("model", "eps", "n")]
     attack_colors = iter(matplotlib.colormaps["Set2"].colors + matplotlib.colormaps["Dark2"].colors)
     colors = {c: _FIXED_COLORS.get(c) or to_hex(next(attack_colors)) for c in categories}
-    labels = [f"{m}  {format_eps(e)}" for m, e in zip(counts["model"], counts["eps"])]
-    fig = Figure(figsize=(8.5, 1.6 + 0.42 * max(1, len(counts))))
-    ax = fig.subplots()
     y = np.arange(len(counts))[::-1]
     left = np.zeros(len(counts))
     for cat in categories:
@@ -143,22 +129,18 @@ def cascade(run: RunFolder, models: Sequence[str]) -> Figure:
                 ax.text(lo + v / 2, yi, f"{int(v)}", ha="center", va="center", fontsize=7)
         left += values
     ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_yticklabels([f"{m}  {format_eps(e)}" for m, e in zip(counts["model"], counts["eps"])], fontsize=8)
     ax.set_xlabel("samples")
     ax.set_xlim(0, float(counts["n"].max()) if len(counts) else 1)
-    ax.set_title(f"Which attack broke each sample (model, eps in {run.norm})", fontsize=10)
+    ax.set_title(f"Which attack broke each sample (model, eps in {run.norm})", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(1, len(counts)) - 0.12),
               ncol=min(4, len(categories)), frameon=False)
-    fig.tight_layout()
-    return fig
 
 
-def per_class(run: RunFolder, models: Sequence[str]) -> Figure:
+def draw_per_class(fig: Figure, ax: Axes, run: RunFolder, models: Sequence[str]) -> None:
     """Heatmap of robust accuracy per true class, one row per (model, eps)."""
     table = per_class_accuracy(run.per_sample[run.per_sample["model"].isin(models)])
     values = table.to_numpy(dtype=float)
-    fig = Figure(figsize=(max(5.0, 1.6 + 0.55 * values.shape[1]), 1.1 + 0.34 * max(1, values.shape[0])))
-    ax = fig.subplots()
     image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         if v == v:
@@ -168,9 +150,54 @@ def per_class(run: RunFolder, models: Sequence[str]) -> Figure:
     ax.set_yticks(range(values.shape[0]))
     ax.set_yticklabels([f"{m}  {format_eps(e)}" for m, e in table.index], fontsize=8)
     ax.set_xlabel("true class")
-    ax.set_title(f"Robust accuracy (%) per class ({run.norm})", fontsize=10)
+    ax.set_title(f"Robust accuracy (%) per class ({run.norm})", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
-    fig.tight_layout()
+
+
+def _rows(run: RunFolder, models: Sequence[str]) -> int:
+    return max(1, int(run.per_sample[run.per_sample["model"].isin(models)].groupby(["model", "eps"]).ngroups))
+
+
+def accuracy_vs_eps(run: RunFolder, models: Sequence[str]) -> Figure:
+    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+    draw_accuracy(fig.subplots(), run, models)
+    return fig
+
+
+def cascade(run: RunFolder, models: Sequence[str]) -> Figure:
+    fig = Figure(figsize=(8.5, 1.6 + 0.42 * _rows(run, models)), layout="constrained")
+    draw_cascade(fig.subplots(), run, models)
+    return fig
+
+
+def per_class(run: RunFolder, models: Sequence[str]) -> Figure:
+    n_classes = run.per_sample["label"].nunique()
+    fig = Figure(figsize=(max(5.0, 1.8 + 0.55 * n_classes), 1.1 + 0.34 * _rows(run, models)), layout="constrained")
+    draw_per_class(fig, fig.subplots(), run, models)
+    return fig
+
+
+def certified_vs_radius(run: RunFolder, models: Sequence[str]) -> Figure:
+    """Per certifiable model: certified accuracy against the L2 radius (left) beside its empirical curve (right)."""
+    fig = Figure(figsize=(10, 3.2 * len(models)), layout="constrained")
+    for (left, right), model in zip(fig.subplots(len(models), 2, squeeze=False), models):
+        draw_certified(left, run, model)
+        draw_accuracy(right, run, [model], legend="inside")
+    return fig
+
+
+def model_summary(run: RunFolder, model: str) -> Figure:
+    """One model's figures in one: accuracy vs eps (and certified accuracy beside it), cascade, per class."""
+    certifiable = bool((run.certified["model"] == model).any())
+    n_rows = _rows(run, [model])
+    mosaic = [["acc", "cert"] if certifiable else ["acc", "acc"], ["cascade", "cascade"], ["class", "class"]]
+    fig = Figure(figsize=(9, 4.2 + 2 * (1.6 + 0.42 * n_rows)), layout="constrained")
+    axes = fig.subplot_mosaic(mosaic, height_ratios=[4.2, 1.6 + 0.42 * n_rows, 1.1 + 0.34 * n_rows])
+    draw_accuracy(axes["acc"], run, [model], legend="inside")
+    if certifiable:
+        draw_certified(axes["cert"], run, model)
+    draw_cascade(axes["cascade"], run, [model])
+    draw_per_class(fig, axes["class"], run, [model])
     return fig
 
 
@@ -179,7 +206,13 @@ def _numbered(stem: Path, i: int) -> Path:
 
 
 def write_plots(run: RunFolder) -> dict[str, list[Path]]:
-    """Every figure of the run; returns the PNG paths by section ("" for the run, else the model's name)."""
+    """Every figure of the run; returns the PNG paths by section ("" for the run, else the model's name).
+
+    Run-level figures (PNG + SVG): robust accuracy vs eps, cascade, per class, certified accuracy (when a
+    model is certifiable), split every :data:`MODELS_PER_FIGURE` models. Per model (under
+    ``plots/models/<model>/``): ``summary`` (PNG + SVG) and the adversarial example grid ``examples`` (PNG:
+    it is made of images). A run of one model uses the run-level figures as that model's own.
+    """
     root = run.path / PLOTS_DIR
     pngs: dict[str, list[Path]] = {"": []}
     certifiable = [m for m in run.models if (run.certified["model"] == m).any()]
@@ -192,8 +225,9 @@ def write_plots(run: RunFolder) -> dict[str, list[Path]]:
             pngs[""].append(save(draw(run, group), _numbered(root / name, i))[0])
     for model in run.models:
         folder = root / MODELS_DIR / safe_name(model)
-        pngs[model] = [save(draw(run, [model]), folder / name)[0] for name, draw, models in figures if model in models]
+        pngs[model] = list(pngs[""]) if len(run.models) == 1 else [save(model_summary(run, model),
+                                                                       folder / "summary")[0]]
         examples = load_examples(run.path, model)
         if examples is not None and len(examples["index"]):
-            pngs[model].append(save(example_grid(examples, model, run.norm), folder / "examples")[0])
+            pngs[model].append(save(example_grid(examples, model, run.norm), folder / "examples", ("png",))[0])
     return pngs
