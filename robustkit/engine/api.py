@@ -180,7 +180,8 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
     config), a :class:`robustkit.data.Dataset`, a pair ``(x, y)`` or a DataLoader yielding ``(x, y)``.
     ``attacks``: names, config mappings or Attack instances, run as a cascade in this order (default: the
     built-in suite of :mod:`robustkit.engine.quickstart`). ``out``: a folder for the results store and CSVs
-    (resumable); None uses a temporary folder. ``fresh`` discards previous results in ``out``.
+    (resumable), which also gets the plots and ``report.html`` (docs/report.md); None uses a temporary folder
+    and draws no report. ``fresh`` discards previous results in ``out``.
 
     A defended model (``robustkit.defenses``) is just an ``nn.Module`` here; the leaderboard names its defense,
     and a certifiable one (randomized smoothing) also gets certified-accuracy rows at the L2 ``radii``
@@ -209,7 +210,7 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
         sweep.config["curve"] = curve_spec.to_json()
     if out is None:
         with tempfile.TemporaryDirectory(prefix="robustkit-eval-") as tmp:
-            result = run_sweep(sweep, tmp, fresh=True, quiet=quiet, radii=radii, checks=checks)
+            result = run_sweep(sweep, tmp, fresh=True, quiet=quiet, radii=radii, checks=checks, report=False)
         return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, None, result.curve)
     result = run_sweep(sweep, out, fresh=fresh, quiet=quiet, radii=radii, checks=checks)
     return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, Path(out), result.curve)

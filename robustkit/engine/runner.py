@@ -200,7 +200,7 @@ def compute_run_id(sweep: Sweep, jobs: list[PlannedJob]) -> str:
 
 
 def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool = True,
-              radii: Any = DEFAULT_RADII, checks: str = "cheap", wait: bool = False) -> RunResult:
+              radii: Any = DEFAULT_RADII, checks: str = "cheap", wait: bool = False, report: bool = True) -> RunResult:
     """Run (or resume) a sweep into the folder ``out`` and write leaderboard.csv/.md and per_sample.csv there.
 
     The folder is locked for the whole run (:class:`robustkit.outputs.OutputLock`; ``wait`` waits for another
@@ -212,6 +212,9 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
 
     ``checks`` (``cheap`` | ``full`` | ``off``): the evaluation checks run afterwards on every model
     (docs/checks.md); they fill the ``flags`` column and ``report.md`` and never change a number.
+
+    ``report``: the finishing stage that writes ``examples/``, ``plots/`` and ``report.html`` (docs/report.md);
+    only ``robustkit.evaluate`` without an output folder turns it off (nothing of it would be kept).
     """
     checks = check_mode(checks)
     device = resolve_device(sweep.device)
@@ -219,11 +222,11 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
     out = output_dir(out)
     check_specs(sweep)
     with OutputLock(out, wait=wait):
-        return _run_locked(sweep, out, device, fresh=fresh, quiet=quiet, radii=radii, checks=checks)
+        return _run_locked(sweep, out, device, fresh=fresh, quiet=quiet, radii=radii, checks=checks, report=report)
 
 
 def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, quiet: bool, radii: Any,
-                checks: str) -> RunResult:
+                checks: str, report: bool) -> RunResult:
     jobs = plan_jobs(sweep)
     extra_jobs = plan_extra_jobs(sweep, {e.name: _fingerprint(e.model) for e in sweep.models})
     run_id = compute_run_id(sweep, [*jobs, *extra_jobs])
@@ -267,7 +270,8 @@ def _run_locked(sweep: Sweep, out: Path, device: torch.device, *, fresh: bool, q
     run_transfer_grid(sweep, out, device, requested_batch)
     curve_spec = parse_curve((sweep.config or {}).get("curve"), sweep.norm)
     curve = fill_curve(sweep, per_sample, curve_spec, out, device) if curve_spec is not None else None
-    write_run_report(sweep, out, per_sample, device)
+    if report:
+        write_run_report(sweep, out, per_sample, device)
     return RunResult(run_id=run_id, leaderboard=board, per_sample=per_sample, out=out,
                      batches_computed=runner.computed + extra.computed, batches_reused=runner.reused + extra.reused,
                      curve=curve, sections=tables)
