@@ -117,8 +117,8 @@ def load_run(run_dir: Path | str, run_id: str | None = None) -> RunFolder:
 
 
 def safe_name(model: str) -> str:
-    """A model name as a file or HTML id: letters, digits, '-', '_' and '.' kept, the rest '_'."""
-    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in model).strip(".") or "model"
+    """A model name as a file or HTML id: letters, digits, '-', '_', '+' and '.' kept, the rest '_'."""
+    out = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in model).strip(".") or "model"
     if out != model:  # two names that differ only in replaced characters must not share a file
         out += "-" + hashlib.sha256(model.encode()).hexdigest()[:6]
     return out
