@@ -280,3 +280,19 @@ def test_report_in_headless_chromium(runs, tmp_path):
     assert errors == [] and fetched == []
     assert shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")
+
+
+def test_many_models_are_split_over_numbered_figures(runs, tmp_path, monkeypatch):
+    """With more models than fit in one legible figure, the run-level figures continue in numbered files."""
+    from robustkit.report import plots
+    from robustkit.report.run_folder import load_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["a"], copy)
+    monkeypatch.setattr(plots, "MODELS_PER_FIGURE", 1)
+    pngs = plots.write_plots(load_run(copy))
+    names = sorted(p.name for p in pngs[""])
+    assert names == ["cascade-2.png", "cascade.png", "per_class-2.png", "per_class.png",
+                     "robust_accuracy_vs_eps-2.png", "robust_accuracy_vs_eps.png"]
+    assert all((copy / "plots" / n.replace(".png", ".svg")).is_file() for n in names)
+    assert [p.name for p in pngs["lenet5-adv"]] == ["summary.png", "examples.png"]

@@ -85,7 +85,8 @@ def compare_runs(runs: Sequence[RunFolder]) -> pd.DataFrame:
     rows = []
     for other in runs[1:]:
         shared = base.empirical.merge(other.empirical, on=["model", "eps"])[["model", "eps"]]
-        for model, eps in shared.itertuples(index=False):
+        order = {m: i for i, m in enumerate(base.models)}
+        for model, eps in sorted(shared.itertuples(index=False), key=lambda me: (order.get(me[0], 0), me[1])):
             a, b = _robust_vector(base, model, eps), _robust_vector(other, model, eps)
             if not a.index.equals(b.index):
                 raise RobustkitError(f"compare: {model} at eps {format_eps(eps)} has different sample indices in "

@@ -63,7 +63,9 @@ def save(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path
     return paths
 
 
-def chunks(models: Sequence[str], size: int = MODELS_PER_FIGURE) -> list[list[str]]:
+def chunks(models: Sequence[str], size: int | None = None) -> list[list[str]]:
+    """The models in groups of ``size`` (default :data:`MODELS_PER_FIGURE`), one group per figure."""
+    size = size or MODELS_PER_FIGURE
     return [list(models[i:i + size]) for i in range(0, len(models), size)] or [[]]
 
 
@@ -107,8 +109,8 @@ def draw_accuracy(ax: Axes, run: RunFolder, models: Sequence[str], legend: str =
                         linewidth=1.2, label=f"{model} (min-norm {mn['attack'].iloc[0].split('=')[0]})")
     _accuracy_axes(ax, f"eps ({run.norm})")
     ax.set_title(f"Robust accuracy vs eps ({run.dataset}, {run.norm}; bands: 95% Clopper-Pearson)", fontsize=9)
-    if legend == "right":
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    if legend == "right":  # outside the axes, inside the figure (the constrained layout makes room for it)
+        ax.figure.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside right center", frameon=False)
     else:
         ax.legend(fontsize=8, loc="lower left", frameon=False)
 

@@ -105,10 +105,8 @@ def load_run(run_dir: Path | str, run_id: str | None = None) -> RunFolder:
     board = pd.read_csv(run_dir / LEADERBOARD_CSV)
     if "evaluation" not in board.columns:
         board["evaluation"] = EMPIRICAL
-    if "defense" not in board.columns:
-        board["defense"] = ""
-    board["defense"] = board["defense"].fillna("")
-    board["flags"] = board["flags"].fillna("") if "flags" in board.columns else ""
+    for column in ("defense", "flags"):  # empty text columns are read back as NaN floats
+        board[column] = board[column].astype(object).fillna("").astype(str) if column in board.columns else ""
     per_sample = pd.read_csv(run_dir / PER_SAMPLE_CSV, dtype={"broken_by": str}, keep_default_na=False,
                              na_values={"broken_at_eps": [""], "adv_pred": [""], "adv_norm": [""]})
     curve = pd.read_csv(run_dir / CURVE_CSV) if (run_dir / CURVE_CSV).is_file() else None
