@@ -216,16 +216,16 @@ def test_randomized_models_go_to_standard_autoattack(monkeypatch):
 
 
 def test_fast_suite_on_an_honest_model_stops_early_and_is_not_weaker(lenet5_clean, mnist_test):
-    x, y = mnist_test.x[5000:5016], mnist_test.y[5000:5016]
+    x, y = mnist_test.x[5000:5010], mnist_test.y[5000:5010]
     threat = ThreatModel("Linf", 0.1)
     with PassCounter(lenet5_clean) as fast_passes:
         fast = build_attack({"name": "autoattack-fast", "seed": 0})(lenet5_clean, x, y, threat)
     apgd_ce = _verdicts(lenet5_clean, _apgd_native.perturb(lenet5_clean, x, y, eps=0.1, norm="Linf", seed=0), y)
     assert bool((fast.success | ~apgd_ce).all()), "everything APGD-CE breaks, the fast suite breaks"
-    assert fast.info["escalated"]["samples"] <= 16 - int(fast.success.sum())
+    assert fast.info["escalated"]["samples"] <= 10 - int(fast.success.sum())
     # standard AutoAttack spends > 5000 passes per image here (benchmarks/autoattack_speed.py); the fast suite
     # must not be anywhere near that
-    assert fast_passes.total / 16 < 2500
+    assert fast_passes.total / 10 < 2500
 
 
 def test_fast_suite_parameters_are_checked():
