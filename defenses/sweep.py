@@ -28,11 +28,15 @@ Example entries::
 """
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from robustkit import identity
 from robustkit.errors import ConfigError, short_repr
 from robustkit.outputs import output_dir, write_text
 
@@ -122,12 +126,6 @@ def certify_cached(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, finger
     generator seeded from that key alone: the same sweep certifies the same way every time. The per-example
     predictions and radii are kept in the JSON file for audits. Returns (rows, seconds spent certifying).
     """
-    import json
-    import time
-    from pathlib import Path
-
-    from robustkit.engine import identity
-
     ident = {"kind": "certified", "model": fingerprint, "dataset": {"content_hash": dataset_hash,
              "n_examples": int(x.shape[0])}, "radii": [float(r) for r in radii], "seed": int(seed),
              "robustkit_version": version}
@@ -152,8 +150,6 @@ def certify_cached(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, finger
 def _read_certificates(path: Any, ident: dict[str, Any], n_radii: int) -> tuple[list, float] | None:
     """A cached certificate file, verified on read: unreadable, tampered or foreign content (identity, row
     count or row fields differ) is ignored, so the certificates are recomputed instead of trusted."""
-    import json
-
     try:
         with open(path, encoding="utf-8") as f:
             stored = json.loads(f.read(64 << 20))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import robustkit
+from robustkit.identity import model_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
     from robustkit.engine.sweep import Sweep
@@ -66,8 +67,6 @@ def checkpoint_sha256(model: nn.Module) -> str | None:
 
 def run_provenance(sweep: "Sweep", device: torch.device | str) -> dict[str, Any]:
     """The full provenance record of a sweep run on ``device`` (JSON-able)."""
-    from robustkit.engine.identity import model_fingerprint
-
     models = []
     for entry in sweep.models:
         fp = model_fingerprint(entry.model)

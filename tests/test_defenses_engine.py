@@ -16,7 +16,7 @@ import robustkit
 from robustkit.cli import main
 from robustkit.defenses import build_defense
 from robustkit.engine.config import load_config, resolve_config
-from robustkit.engine.runner import plan_jobs
+from robustkit.engine.plan import plan_jobs
 from robustkit.errors import ConfigError
 
 

@@ -52,8 +52,9 @@ def check_mode(value: object, where: str = "checks") -> str:
 
 
 def run_checks(ctx: CheckContext, mode: str) -> list[CheckResult]:
-    """Every check of ``mode`` on one model (in registry order, so results are deterministic)."""
-    mode = check_mode(mode)
+    """Every check of ``mode`` (already validated by :func:`check_mode`) on one model, in registry order."""
+    if mode not in MODES:
+        raise ValueError(f"run_checks: mode must be one of {', '.join(MODES)} (see check_mode), got {mode!r}")
     if mode == OFF:
         return []
     results: list[CheckResult] = []

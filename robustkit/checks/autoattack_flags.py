@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from robustkit.identity import hash_tensors
 from robustkit.predict import declared_randomized
 
 from .base import CheckContext, CheckResult
@@ -74,8 +75,6 @@ def _declares_dynamic(ctx: CheckContext) -> bool:
 
 
 def _state_hash(ctx: CheckContext) -> str:
-    from robustkit.engine.identity import hash_tensors  # lazy: the engine imports this package
-
     return hash_tensors([(f"p:{n}", p) for n, p in ctx.model.named_parameters()]
                         + [(f"b:{n}", b) for n, b in ctx.model.named_buffers()])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .autoattack_flags import _same
 from .base import CheckContext, CheckResult
 
 ALONE = 8           # samples predicted one at a time
@@ -19,8 +20,6 @@ RTOL, ATOL = 1e-3, 1e-4
 
 def check_batch_dependence(ctx: CheckContext) -> list[CheckResult]:
     if "passes" in ctx.cache:
-        from .autoattack_flags import _same
-
         passes = ctx.cache["passes"]
         if not _same(passes[0], passes[1]):
             return [CheckResult("batch-dependence", False, "randomized model: batch comparison is not meaningful",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from robustkit.checks.report import report_for_folder
+from robustkit.engine.report import report_for_folder
 from robustkit.report.html import write_html
 from robustkit.report.run_folder import load_run
 

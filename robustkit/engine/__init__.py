@@ -6,12 +6,14 @@ in ``docs/engine.md``.
 """
 from __future__ import annotations
 
+from . import finishing  # noqa: F401  (registers the built-in finishing stages)
 from .api import EvaluationResult, evaluate
 from .config import SweepConfig, load_config, parse_config, resolve_config
+from .options import RunOptions, parse_options
 from .quickstart import DEFAULT_ATTACKS, QUICKSTART_ATTACKS, quickstart_sweep
 from .runner import RunResult, run_sweep
 from .sweep import ModelEntry, Sweep
 
-__all__ = ["DEFAULT_ATTACKS", "EvaluationResult", "ModelEntry", "QUICKSTART_ATTACKS", "RunResult", "Sweep",
-           "SweepConfig", "evaluate", "load_config", "parse_config", "quickstart_sweep", "resolve_config",
+__all__ = ["DEFAULT_ATTACKS", "EvaluationResult", "ModelEntry", "QUICKSTART_ATTACKS", "RunOptions", "RunResult", "Sweep",
+           "SweepConfig", "evaluate", "load_config", "parse_config", "parse_options", "quickstart_sweep", "resolve_config",
            "run_sweep"]

@@ -17,17 +17,18 @@ import torch
 from torch import nn
 
 from robustkit.attacks import Attack
-from robustkit.checks import check_mode
 from robustkit.data import Dataset, load_dataset
 from robustkit.data.arrays import labels_to_tensor
 from robustkit.defenses.certification import DEFAULT_RADII
 from robustkit.errors import ConfigError, DataError
 from robustkit.outputs import output_dir, write_text
+from robustkit.zoo import load_model
 
-from .curve_fill import parse_curve
 from .leaderboard import to_markdown
+from .options import parse_options
+from .plan import describe_sweep
 from .quickstart import DEFAULT_ATTACKS
-from .runner import describe_sweep, run_sweep
+from .runner import run_sweep
 from .sweep import ModelEntry, Sweep, build_suite
 
 CUSTOM_DATASET = "custom"
@@ -69,8 +70,6 @@ def _as_module(value: Any, where: str) -> nn.Module:
     if isinstance(value, nn.Module):
         return value
     if isinstance(value, (str, Path)):
-        from robustkit.zoo import load_model
-
         return load_model(str(value))
     raise ConfigError(f"{where}: expected a torch nn.Module, a zoo name or a card path, got {type(value).__name__}")
 
@@ -194,7 +193,6 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
     ``checks``: ``cheap`` (default), ``full`` or ``off`` -- the evaluation checks whose flags fill the
     ``flags`` column (docs/checks.md); they never change a number.
     """
-    checks = check_mode(checks)
     if dataset is None:
         raise ConfigError("dataset: required (a dataset name, a pair (x, y) or a DataLoader)")
     if eps is None:
@@ -205,12 +203,12 @@ def evaluate(model: Any, dataset: Any = None, attacks: Sequence[str | Mapping[st
     sweep = Sweep(dataset=data, models=entries, attacks=suite, norm=norm, eps=eps, seed=seed, device=device,
                   batch_size=batch_size)
     sweep.config = {"source": "python api", **describe_sweep(sweep)}
-    curve_spec = parse_curve(curve, sweep.norm)
-    if curve_spec is not None:
-        sweep.config["curve"] = curve_spec.to_json()
+    options = parse_options({"checks": checks, "certified_radii": radii, "curve": curve}, sweep.norm)
+    if options.curve is not None:
+        sweep.config["curve"] = options.curve.to_json()
     if out is None:
         with tempfile.TemporaryDirectory(prefix="robustkit-eval-") as tmp:
-            result = run_sweep(sweep, tmp, fresh=True, quiet=quiet, radii=radii, checks=checks, report=False)
+            result = run_sweep(sweep, tmp, fresh=True, quiet=quiet, options=options, report=False)
         return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, None, result.curve)
-    result = run_sweep(sweep, out, fresh=fresh, quiet=quiet, radii=radii, checks=checks)
+    result = run_sweep(sweep, out, fresh=fresh, quiet=quiet, options=options)
     return EvaluationResult(result.leaderboard, result.per_sample, result.run_id, Path(out), result.curve)

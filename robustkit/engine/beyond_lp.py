@@ -38,9 +38,9 @@ from robustkit.patch import PATCH_EPS, patch_side, positions, square_masks
 from robustkit.predict import model_device, predict
 from robustkit.threat import ThreatModel
 
-from . import identity
+from robustkit import identity
 from .cascade import run_cascade
-from .progress import JobProgress
+from .progress import SweepProgress
 from .store import ResultStore
 from .sweep import Sweep
 from .threat_specs import ThreatSpec, is_universal
@@ -156,7 +156,7 @@ class ExtraRunner:
             self._fit_universal(model, job, spec)
             fit_seconds = time.perf_counter() - t0
         level = f"{job.level[0]} s{job.level[1]}" if job.kind == "corruption" else f"{job.eps:g}"
-        with JobProgress(f"{job.model} {job.kind} {level}", n, done=sum(b.stop - b.start for b in done.values()),
+        with SweepProgress(f"{job.model} {job.kind} {level}", n, done=sum(b.stop - b.start for b in done.values()),
                          quiet=self.quiet) as bar:
             for b in range(n_batches):
                 if b in done:

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustkit.checks.report import THREAT_SECTIONS_MD
 from robustkit.corruptions import mce, mean_accuracy
 from robustkit.outputs import write_text, write_with
 from robustkit.stats import clopper_pearson_percent
@@ -28,6 +27,7 @@ from robustkit.subgroups import subgroup_metrics
 
 from .beyond_lp import ExtraJob
 from .leaderboard import format_eps, md_cell
+from .report import THREAT_SECTIONS_MD
 from .store import ResultStore
 from .sweep import Sweep
 

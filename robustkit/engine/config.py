@@ -8,28 +8,28 @@ root, checkpoints, model cards, output) resolve against the folder of the config
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 
+from robustkit.data import load_dataset
+from robustkit.defenses.sweep import check_model_entry, defended_model
 from robustkit.errors import ConfigError, RobustkitError, check_keys, short_repr
 from robustkit.threat import canonical_norm
 from robustkit.userfiles import read_yaml_file
-
-from .curve_fill import parse_curve
-from robustkit.checks import check_mode
-from robustkit.defenses.certification import DEFAULT_RADII
+from robustkit.zoo import load_model
+from robustkit.zoo.cards import CARD_KEYS
 
 from .devices import resolve_device
+from .options import OPTION_KEYS, RunOptions, parse_options
 from .sweep import ModelEntry, Sweep, build_suite, check_suite, eps_list
 from .beyond_lp import check_specs
 from .threat_specs import ThreatSpec, split_threat_models
 
-CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output", "curve",
-               "checks", "certified_radii")
+CONFIG_KEYS = ("seed", "device", "batch_size", "dataset", "models", "threat_model", "attacks", "output",
+               *OPTION_KEYS)
 THREAT_KEYS = ("norm", "eps")
 # Model-entry keys the engine itself reads (defenses: robustkit.defenses.sweep); every other key of a model
 # entry must be a model-card key (robustkit.zoo.cards.CARD_KEYS).
@@ -52,23 +52,12 @@ class SweepConfig:
     device: str = "auto"
     batch_size: int | None = None
     output: Path | None = None
-    checks: str = "cheap"           # evaluation checks: cheap | full | off (docs/checks.md)
-    certified_radii: tuple[float, ...] = DEFAULT_RADII  # L2 radii of certified rows (certifiable defenses)
+    options: RunOptions = field(default_factory=RunOptions)  # checks, certified radii, curve, workers, ...
     raw: dict[str, Any] = field(default_factory=dict)
     extra_threats: list[ThreatSpec] = field(default_factory=list)  # corruption / patch / universal sections
 
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {message}")
-
-
-def _parse_radii(value: Any, source: str) -> tuple[float, ...]:
-    """``certified_radii``: a non-empty list of distinct L2 radii >= 0 (sorted), e.g. [0, 0.25, 0.5]."""
-    ok = (isinstance(value, (list, tuple)) and len(value) > 0 and
-          all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in value))
-    if not ok or len(set(value)) != len(value):
-        raise ConfigError(f"{source}: certified_radii: expected a list of distinct L2 radii >= 0, e.g. "
-                          f"[0, 0.25, 0.5], got {short_repr(value)}")
-    return tuple(sorted(float(r) for r in value))
 
 
 def _type_name(value: Any) -> str:
@@ -131,8 +120,6 @@ def _parse_model(value: Any, i: int, base_dir: Path, source: str, where: str | N
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: {where}: expected a zoo name, a card path or a mapping with name/arch/"
                           f"checkpoint, got {short_repr(value)} ({_type_name(value)})")
-    from robustkit.zoo.cards import CARD_KEYS
-
     allowed = tuple(CARD_KEYS) + ENGINE_MODEL_KEYS
     _check_keys(value, allowed, f"{where}: ", source)
     entry = dict(value)
@@ -156,8 +143,6 @@ def _parse_model(value: Any, i: int, base_dir: Path, source: str, where: str | N
 
 def _parse_defended_model(entry: dict[str, Any], where: str, base_dir: Path, source: str) -> dict[str, Any]:
     """An entry with ``defense`` / ``members`` / ``model``: its base model(s) are parsed like any model entry."""
-    from robustkit.defenses.sweep import check_model_entry
-
     try:
         check_model_entry(entry, where)
     except ConfigError as exc:
@@ -233,8 +218,7 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         models=[_parse_model(m, i, base_dir, source) for i, m in enumerate(models)],
         norm=norm, eps=eps, attacks=list(attacks), seed=int(seed or 0), device=device.strip(),
         batch_size=batch_size, output=_path(output, base_dir) if output else None, raw=dict(data),
-        checks=check_mode(data.get("checks"), f"{source}: checks"),
-        certified_radii=_parse_radii(data.get("certified_radii", DEFAULT_RADII), source),
+        options=parse_options(data, norm, f"{source}: "),
         extra_threats=extra_threats,
     )
     # unknown attack names/parameters, duplicate labels and unsupported norms fail here, before any loading
@@ -242,10 +226,6 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         check_suite(build_attacks(cfg), norm)
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(f"{source}: ") else f"{source}: {exc}") from None
-    try:  # the minimum-norm curve (robustkit.engine.curve_fill), also checked before any loading
-        parse_curve(data.get("curve"), norm)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
     return cfg
 
 
@@ -272,10 +252,6 @@ def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: s
 
     Keyword arguments are command-line overrides of the config's values.
     """
-    from robustkit.data import load_dataset
-    from robustkit.defenses.sweep import defended_model
-    from robustkit.zoo import load_model
-
     if n_examples is not None:
         _int(n_examples, "--n-examples", cfg.source, positive=True)
     if batch_size is not None:
@@ -316,9 +292,8 @@ def resolve_config(cfg: SweepConfig, *, n_examples: int | None = None, device: s
     if sweep.extra_threats:
         sweep.config["threat_models"] = [{**s.describe(), "levels": s.levels, "baseline": s.baseline}
                                          for s in sweep.extra_threats]
-    curve_spec = parse_curve(cfg.raw.get("curve"), sweep.norm)
-    if curve_spec is not None:
-        sweep.config["curve"] = curve_spec.to_json()
+    if cfg.options.curve is not None:
+        sweep.config["curve"] = cfg.options.curve.to_json()
     return sweep
 
 

@@ -27,23 +27,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from robustkit.attacks import Attack, build_attack, eval_mode
 from robustkit.curves import full_robust_accuracy_curve, robust_accuracy_curve
+from robustkit.identity import batch_seed
 from robustkit.errors import ConfigError, RobustkitError, check_keys, short_repr
 from robustkit.outputs import output_dir, write_text, write_with
 from robustkit.predict import predict
 from robustkit.threat import ThreatModel, parse_eps, validate_eps
 
-from . import identity
 from .devices import auto_batch_size, on_device
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .sweep import Sweep
+from .sweep import Sweep
 
 CURVE_KEYS = ("attack", "eps", "points")
 DEFAULT_ATTACK = "fmn"
@@ -130,7 +128,7 @@ def min_norms(model: torch.nn.Module, attack: Attack, x: torch.Tensor, y: torch.
         for b, start in enumerate(range(0, x.shape[0], batch_size)):
             xb = x[start:start + batch_size].to(device)
             yb = y[start:start + batch_size].to(device)
-            s = identity.batch_seed(seed, f"curve:{key}", b)
+            s = batch_seed(seed, f"curve:{key}", b)
             torch.manual_seed(s)
             generator = torch.Generator(device=device).manual_seed(s)
             result = attack(model, xb, yb, threat, generator=generator)
@@ -193,7 +191,7 @@ def _bounded_counts(per_sample: pd.DataFrame, model_name: str, sweep_eps: Sequen
     return out
 
 
-def fill_curve(sweep: "Sweep", per_sample: pd.DataFrame, spec: CurveSpec, out: Path | str,
+def fill_curve(sweep: Sweep, per_sample: pd.DataFrame, spec: CurveSpec, out: Path | str,
                device: torch.device) -> pd.DataFrame:
     """Run the curve's minimum-norm attack on every model of ``sweep`` and write ``curve.csv`` (+ ``curve.png``).
 

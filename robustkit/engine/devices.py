@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustkit.predict import model_device
-
 from robustkit.errors import ConfigError
+from robustkit.predict import model_device
 
 # Input elements per batch the automatic batch size aims for, and its bounds, per device type.
 _AUTO_ELEMENTS = {"cpu": 2 ** 18, "cuda": 2 ** 22}

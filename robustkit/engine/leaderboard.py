@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from robustkit.outputs import output_dir, write_text
 from robustkit.stats import clopper_pearson_percent, mcnemar_exact
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import ResultStore
-    from .sweep import Sweep
+from .store import ResultStore
+from .sweep import Sweep
 
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
@@ -48,12 +47,12 @@ def attack_columns(labels: list[str]) -> list[str]:
     return [f"acc_{label}" for label in labels]
 
 
-def suite_string(sweep: "Sweep") -> str:
+def suite_string(sweep: Sweep) -> str:
     """``label=implementation`` pairs, in suite order: which code produced each number."""
     return ";".join(f"{a.label}={a.config().get('implementation', 'unknown')}" for a in sweep.attacks)
 
 
-def build_leaderboard(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJob], run_id: str,
+def build_leaderboard(store: ResultStore, sweep: Sweep, jobs: list[PlannedJob], run_id: str,
                       flags: dict[tuple[str, float], str] | None = None) -> pd.DataFrame:
     """One row per (dataset, model, norm, eps), ranked by robust accuracy within (dataset, norm, eps).
 
@@ -169,7 +168,7 @@ def add_defense_rows(board: pd.DataFrame, defenses: dict[str, str],
     return pd.concat([board, cert], ignore_index=True)
 
 
-def build_per_sample(store: "ResultStore", sweep: "Sweep", jobs: list[PlannedJob]) -> pd.DataFrame:
+def build_per_sample(store: ResultStore, sweep: Sweep, jobs: list[PlannedJob]) -> pd.DataFrame:
     """Every sample's verdict at every (model, eps): the data the leaderboard is computed from."""
     labels = sweep.labels
     frames = []

@@ -1,7 +1,8 @@
-"""Progress bars on stderr, one per job, so a long sweep shows speed and how robust the model looks so far.
+"""One progress bar for the whole sweep on stderr: samples/s and how many verdicts are still robust.
 
 stdout is kept for the final leaderboard (so ``robustkit eval > board.md`` captures just the table);
-``quiet`` turns every bar off.
+``quiet`` turns the bar off. In a distributed run only rank 0 draws it, from counters every rank adds to
+(:class:`robustkit.engine.distributed.SharedProgress`); the other ranks stay quiet.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
-class JobProgress:
-    """A tqdm bar counting evaluated samples, with the number still robust as its postfix."""
+class SweepProgress:
+    """A tqdm bar counting evaluated (model, eps, sample) verdicts, with the number still robust as its postfix."""
 
     def __init__(self, description: str, total: int, *, done: int = 0, robust: int = 0, quiet: bool = False) -> None:
         self.robust = robust
@@ -32,6 +33,7 @@ class JobProgress:
             self._bar.write(text, file=sys.stderr)
 
     def update(self, n: int, robust: int) -> None:
+        """``n`` more verdicts, ``robust`` of them robust."""
         self.seen += n
         self.robust += robust
         if self._bar is not None:
@@ -42,7 +44,7 @@ class JobProgress:
         if self._bar is not None:
             self._bar.close()
 
-    def __enter__(self) -> "JobProgress":
+    def __enter__(self) -> "SweepProgress":
         return self
 
     def __exit__(self, *exc: object) -> None:

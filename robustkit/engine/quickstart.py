@@ -12,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from robustkit.data import load_dataset
 from robustkit.errors import RobustkitError
+from robustkit.zoo import load_model
+from robustkit.zoo.digits_zoo import ensure_digits_zoo
 
 from .sweep import ModelEntry, Sweep, build_suite
 
@@ -30,10 +33,6 @@ QUICKSTART_OUT = Path("runs") / "quickstart"
 def quickstart_sweep(*, device: str = "auto", n_examples: int | None = None, batch_size: int | None = None,
                      seed: int = 0, cache_dir: str | Path | None = None) -> Sweep:
     """Every card of the digits zoo x the built-in suite on the digits test split."""
-    from robustkit.data import load_dataset
-    from robustkit.zoo import load_model
-    from robustkit.zoo.digits_zoo import ensure_digits_zoo
-
     zoo_dir = Path(ensure_digits_zoo(cache_dir))
     cards = sorted(p for p in zoo_dir.iterdir() if p.suffix.lower() in (".yaml", ".yml"))
     if not cards:

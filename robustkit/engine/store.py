@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from robustkit.errors import RobustkitError
+from robustkit.identity import canonical_json
 
-from .identity import canonical_json
 from .store_integrity import DB_NAME, StoreError, failing_batches, one_line_errors
 
 SCHEMA_VERSION = "1"
@@ -348,6 +348,31 @@ class ResultStore:
             c.executemany(f"INSERT INTO samples (job_id, {', '.join(SAMPLE_COLUMNS)}) VALUES ({placeholders})",
                           [(job_id, *row) for row in rows])
         return True
+
+    def absorb(self, other: Path) -> int:
+        """Copy every batch (and its sample rows) of the store file ``other`` -- a distributed rank's shard --
+        into this store, in ONE transaction; batches already here are kept. Returns the batches added.
+
+        Only the columns both files have are copied, so a shard written by the same robustkit always merges
+        whole. The caller deletes the shard afterwards (:mod:`robustkit.engine.shards`).
+        """
+        self.conn.execute("ATTACH DATABASE ? AS shard", (str(other),))
+        try:
+            def columns(table: str, schema: str) -> list[str]:
+                return [r[1] for r in self.conn.execute(f"PRAGMA {schema}.table_info({table})").fetchall()]
+
+            batch_cols = [c for c in columns("batches", "main") if c != "id" and c in columns("batches", "shard")]
+            sample_cols = [c for c in columns("samples", "main") if c in columns("samples", "shard")]
+            with self._transaction() as c:
+                before = c.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+                c.execute(f"INSERT OR IGNORE INTO batches ({', '.join(batch_cols)}) SELECT {', '.join(batch_cols)} "
+                          f"FROM shard.batches ORDER BY id")
+                c.execute(f"INSERT OR IGNORE INTO samples ({', '.join(sample_cols)}) SELECT {', '.join(sample_cols)} "
+                          f"FROM shard.samples")
+                added = c.execute("SELECT COUNT(*) FROM batches").fetchone()[0] - before
+        finally:
+            self.conn.execute("DETACH DATABASE shard")
+        return int(added)
 
     # ------------------------------------------------------------------------------------------ reading
     def samples(self, job_id: str, start: int | None = None, stop: int | None = None) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from robustkit.attacks.transfer import TransferGridAttack
 from robustkit.outputs import output_dir, write_text, write_with
 from robustkit.threat import ThreatModel
 
-from . import identity
+from robustkit import identity
 from .sweep import Sweep
 
 GRID_CSV = "transfer_grid.csv"

@@ -15,6 +15,9 @@ import pandas as pd
 from robustkit.errors import RobustkitError
 from robustkit.outputs import write_text
 
+from .leaderboard import LEADERBOARD_CSV, LEADERBOARD_MD, format_eps
+from .store import DB_NAME, ResultStore
+
 REPORT_MD = "report.md"
 
 
@@ -22,8 +25,6 @@ THREAT_SECTIONS_MD = "threat_models.md"
 
 
 def _eps_text(eps: Any) -> str:
-    from robustkit.engine.leaderboard import format_eps
-
     return "all eps" if eps is None or (isinstance(eps, float) and eps != eps) else f"eps {format_eps(float(eps))}"
 
 
@@ -39,6 +40,10 @@ def _provenance_lines(record: dict[str, Any]) -> list[str]:
         data = prov.get("dataset", {})
         lines.append(f"* seed: {prov.get('seed')}")
         lines.append(f"* checks: {prov.get('checks', 'cheap')}")
+        ranks = (prov.get("distributed") or {}).get("devices") or []
+        if len(ranks) > 1:
+            where = ", ".join(f"rank {r.get('rank')} {r.get('device')}@{r.get('host')}" for r in ranks)
+            lines.append(f"* distributed: world size {len(ranks)} ({where})")
         lines.append(f"* dataset: {data.get('name')}, n = {data.get('n_examples')}, content sha256 "
                      f"`{data.get('content_hash')}`")
         tm = prov.get("threat_model", {})
@@ -90,9 +95,6 @@ def render_report(record: dict[str, Any], board_md: str | None, checks: pd.DataF
 def folder_run(run_dir: Path, run_id: str | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """The run record (config, provenance) and stored check results of the run in ``run_dir``: the run of its
     leaderboard.csv unless ``run_id`` says otherwise, else the latest run of its results store."""
-    from robustkit.engine.leaderboard import LEADERBOARD_CSV
-    from robustkit.engine.store import DB_NAME, ResultStore
-
     if not (run_dir / DB_NAME).is_file():
         raise RobustkitError(f"{run_dir}: no {DB_NAME} here; expected the output folder of robustkit eval")
     if run_id is None and (run_dir / LEADERBOARD_CSV).is_file():
@@ -113,8 +115,6 @@ def folder_run(run_dir: Path, run_id: str | None = None) -> tuple[dict[str, Any]
 
 def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
     """The report of the run in ``run_dir`` (the run of its leaderboard.csv, else the latest run)."""
-    from robustkit.engine.leaderboard import LEADERBOARD_MD
-
     run_dir = Path(run_dir)
     record, checks = folder_run(run_dir, run_id)
     md = (run_dir / LEADERBOARD_MD).read_text(encoding="utf-8") if (run_dir / LEADERBOARD_MD).is_file() else None

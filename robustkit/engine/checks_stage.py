@@ -1,40 +1,37 @@
-"""Running the checks after a sweep: one :class:`CheckContext` per model, results stored with the run.
+"""Running the evaluation checks after a sweep: one :class:`CheckContext` per model, results stored with the run.
 
-Called by the runner once every job is stored. Results are kept in the store's ``checks`` table per
-(run, model, mode), so a resumed or repeated run with the same mode reuses them (like the batches) and
-``robustkit report`` can print them later. The checks draw their random numbers from generators seeded by
-the sweep seed and run inside ``torch.random.fork_rng``, so they neither change nor depend on the global RNG.
+The ``checks`` finishing stage (:mod:`robustkit.engine.finishing`) calls :func:`sweep_checks` once every job
+is stored. Results are kept in the store's ``checks`` table per (run, model, mode), so a resumed or repeated
+run with the same mode reuses them (like the batches) and ``robustkit report`` can print them later. The
+checks draw their random numbers from generators seeded by the sweep seed and run inside
+``torch.random.fork_rng``, so they neither change nor depend on the global RNG.
+
+This glue lives in the engine (which imports :mod:`robustkit.checks`), never the other way round: the checks
+package knows nothing of stores or sweeps.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import pandas as pd
 import torch
 from torch import nn
 
 from robustkit.attacks import eval_mode
-from robustkit.predict import model_device
+from robustkit.checks import OFF, CheckContext, CheckResult, row_flags, run_checks
 
-from . import OFF, CheckContext, CheckResult, check_mode, row_flags, run_checks
-
-if TYPE_CHECKING:  # pragma: no cover
-    from robustkit.engine.store import ResultStore
-    from robustkit.engine.sweep import Sweep
+from .devices import on_device
+from .store import ResultStore
+from .sweep import Sweep
 
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    original = model_device(model)
-    model.to(device)
     devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices), eval_mode(model):
-            yield model
-    finally:
-        model.to(original)
+    with on_device(model, device), torch.random.fork_rng(devices=devices), eval_mode(model):
+        yield model
 
 
 def _from_frame(frame: pd.DataFrame) -> list[CheckResult]:
@@ -43,10 +40,12 @@ def _from_frame(frame: pd.DataFrame) -> list[CheckResult]:
                         details=json.loads(r.details)) for r in frame.itertuples()]
 
 
-def sweep_checks(store: "ResultStore", sweep: "Sweep", run_id: str, per_sample: pd.DataFrame,
+def sweep_checks(store: ResultStore, sweep: Sweep, run_id: str, per_sample: pd.DataFrame,
                  device: torch.device, mode: str) -> dict[str, list[CheckResult]]:
-    """Check results per model name (computed, or read back from the store for this run and mode)."""
-    mode = check_mode(mode)
+    """Check results per model name (computed, or read back from the store for this run and mode).
+
+    ``mode`` is an already validated mode (:attr:`robustkit.engine.options.RunOptions.checks`).
+    """
     if mode == OFF:
         return {}
     out: dict[str, list[CheckResult]] = {}
