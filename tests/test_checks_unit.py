@@ -219,7 +219,7 @@ def test_check_mode_validation() -> None:
     raw = {"dataset": "digits", "models": ["m"], "threat_model": {"eps": 0.1}, "attacks": ["fgsm"], "checks": "al"}
     with pytest.raises(ConfigError, match=r"^sweep.yaml: checks: expected cheap, full or off"):
         parse_config(raw, source="sweep.yaml", base_dir=__import__("pathlib").Path("."))
-    assert parse_config({**raw, "checks": "full"}, source="s.yaml", base_dir=__import__("pathlib").Path(".")).checks \
+    assert parse_config({**raw, "checks": "full"}, source="s.yaml", base_dir=__import__("pathlib").Path(".")).options.checks \
         == "full"
 
 
