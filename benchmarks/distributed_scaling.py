@@ -42,8 +42,8 @@ def write_config(folder: Path, steps: int) -> Path:
     config = {
         "seed": 0, "device": "cpu", "batch_size": 32,
         "dataset": {"name": "mnist", "root": str(SHARED / "data" / "mnist")},
-        "models": [{"name": "lenet5-clean", "arch": "lenet5", "checkpoint": str(weights / "mnist_lenet5_clntrained.pt")},
-                   {"name": "lenet5-adv", "arch": "lenet5", "checkpoint": str(weights / "mnist_lenet5_advtrained.pt")}],
+        "models": [{"name": name, "arch": "lenet5", "checkpoint": str(weights / f"mnist_lenet5_{file}trained.pt")}
+                   for name, file in (("lenet5-clean", "cln"), ("lenet5-adv", "adv"))],
         "threat_model": {"norm": "Linf", "eps": [0.1, 0.2, 0.3]},
         "attacks": ["fgsm", {"name": "pgd", "steps": steps, "step_size": 0.01, "random_start": True}],
         "checks": "off",

@@ -2,6 +2,8 @@
 and the automatic chunk size is probed once per model and then used for every batch of it."""
 from __future__ import annotations
 
+import sqlite3
+
 import pandas as pd
 import pytest
 import torch
@@ -60,3 +62,40 @@ def test_config_keys_parse_into_run_options(tmp_path):
         parse_config({**raw, "compile": "yes"}, source="s.yaml", base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^s.yaml: workers: expected a positive integer, got 0"):
         parse_config({**raw, "workers": 0}, source="s.yaml", base_dir=tmp_path)
+
+
+class _SmallGPU(nn.Module):
+    """A model on a pretend GPU that runs out of memory on more than 8 samples at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _cnn(2)
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(int(x.shape[0]))
+        if x.shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_chunk_size_is_probed_once_per_model_and_remembered(tmp_path):
+    model = _SmallGPU().eval()
+    data = load_dataset("digits", n_examples=40)
+
+    def sweep() -> Sweep:
+        return Sweep(dataset=data, models=[ModelEntry("small", model)], attacks=build_suite(["fgsm"]), norm="Linf",
+                     eps=[0.05, 0.1], seed=0, device="cpu", batch_size=32)
+
+    res = run_sweep(sweep(), tmp_path / "a", options=RunOptions(checks="off"))
+    probes = [s for s in model.sizes if s in (32, 16)]
+    assert probes == [32, 16]  # the probe halved 32 -> 16 -> 8 once; no batch ever reached the model whole
+    assert max(model.sizes) == 32 and model.sizes.count(32) == 1
+    with sqlite3.connect(tmp_path / "a" / "results.sqlite") as c:
+        chunks = [r[0] for r in c.execute("SELECT chunk_size FROM batches")]
+    assert chunks == [8] * 4  # 2 jobs x (a batch of 32 and one of 8), each evaluated in chunks of 8
+    model.sizes.clear()
+    run_sweep(sweep(), tmp_path / "b", options=RunOptions(checks="off"))
+    assert max(model.sizes) <= 8  # remembered: no second probe for the same model in this process
+    assert devices.probe_chunk_size(model, tuple(data.x.shape[1:]), torch.device("cpu"), 4) == 4
+

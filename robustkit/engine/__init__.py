@@ -14,6 +14,6 @@ from .quickstart import DEFAULT_ATTACKS, QUICKSTART_ATTACKS, quickstart_sweep
 from .runner import RunResult, run_sweep
 from .sweep import ModelEntry, Sweep
 
-__all__ = ["DEFAULT_ATTACKS", "EvaluationResult", "ModelEntry", "QUICKSTART_ATTACKS", "RunOptions", "RunResult", "Sweep",
-           "SweepConfig", "evaluate", "load_config", "parse_config", "parse_options", "quickstart_sweep", "resolve_config",
-           "run_sweep"]
+__all__ = ["DEFAULT_ATTACKS", "EvaluationResult", "ModelEntry", "QUICKSTART_ATTACKS", "RunOptions", "RunResult",
+           "Sweep", "SweepConfig", "evaluate", "load_config", "parse_config", "parse_options", "quickstart_sweep",
+           "resolve_config", "run_sweep"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -59,6 +60,40 @@ def auto_batch_size(sample_shape: tuple[int, ...], device: torch.device) -> int:
     lo, hi = _AUTO_BOUNDS[kind]
     size = 1 << (target.bit_length() - 1)  # largest power of two <= target
     return max(lo, min(hi, size))
+
+
+# model -> {(device, sample shape): the largest chunk that fitted}; weak, so a freed model's entry goes too
+_PROBED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, tuple[int, ...]], int]]" = weakref.WeakKeyDictionary()
+
+
+def probe_chunk_size(model: nn.Module, sample_shape: tuple[int, ...], device: torch.device, start: int) -> int:
+    """The largest chunk, ``start`` halved until it fits, for which one forward and input-gradient pass of
+    ``model`` runs on ``device`` without running out of memory; probed once per (model, device, shape) and
+    remembered for every later job and sweep of this process.
+
+    It caps the chunks a batch is evaluated in, never the batch layout (which decides the random streams and
+    stays a function of the input shape and device type, :func:`auto_batch_size`): on a GPU with room for the
+    whole batch nothing changes, and on a smaller one the out-of-memory retry of a first batch is skipped.
+    The attacks need more memory than one gradient pass, so the runner's halving on out-of-memory stays as
+    the backstop.
+    """
+    cache = _PROBED.setdefault(model, {})
+    key = (str(device), tuple(int(d) for d in sample_shape))
+    if key not in cache:
+        size = max(1, int(start))
+        while True:
+            try:
+                x = torch.zeros((size, *key[1]), device=device, requires_grad=True)
+                torch.autograd.grad(model(x).float().sum(), x)
+                break
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(exc) or size == 1:
+                    raise
+                del exc
+                release_cached_memory()
+                size //= 2
+        cache[key] = size
+    return min(int(start), cache[key])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -103,8 +103,9 @@ class DistributedExecutor:
             try:
                 dist.init_process_group(backend)
             except Exception as exc:  # noqa: BLE001 - any failure to join is the same one-line error
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
                 raise RobustkitError(f"cannot join the torch.distributed job at {endpoint} "
-                                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                     f"({type(exc).__name__}: {first_line})") from None
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.host = socket.gethostname()

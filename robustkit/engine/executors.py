@@ -21,7 +21,7 @@ from torch import nn
 from robustkit.attacks import eval_mode
 
 from .batches import BatchEvaluator, Priors
-from .devices import on_device
+from .devices import on_device, probe_chunk_size
 from .options import RunOptions
 from .plan import Work
 from .progress import SweepProgress
@@ -142,9 +142,11 @@ def compute_units(executor: Executor, sweep: Sweep, options: RunOptions, work: W
                        key=lambda s: (s.job.eps, s.batch_index))
         if not steps:
             continue
-        evaluator.chunk_limit = None
         with on_device(entry.model, executor.device), eval_mode(entry.model), \
                 prepared_model(entry.model, options) as model:
+            largest = max(s.stop - s.start for s in steps)
+            fits = probe_chunk_size(entry.model, tuple(sweep.dataset.x.shape[1:]), executor.device, largest)
+            evaluator.chunk_limit = fits if fits < largest else None
             for step in steps:
                 state = evaluator.run_step(model, step, priors)
                 priors.add(step.job.job_id, step.start, step.stop, state)
