@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import robustkit
+from robustkit import identity
 from robustkit.attacks import eval_mode
 from robustkit.corruptions import check_image_size, corrupt_images
 from robustkit.errors import ConfigError
@@ -38,7 +39,6 @@ from robustkit.patch import PATCH_EPS, patch_side, positions, square_masks
 from robustkit.predict import model_device, predict
 from robustkit.threat import ThreatModel
 
-from robustkit import identity
 from .cascade import run_cascade
 from .progress import SweepProgress
 from .store import ResultStore

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.distributed import distributed_c10d
 
 from robustkit.errors import ConfigError, RobustkitError
+from robustkit.outputs import write_text
 
 from .plan import Work
 from .progress import SweepProgress
@@ -153,7 +154,7 @@ class DistributedExecutor:
             else:
                 with ResultStore.open(out) as store:
                     merge_shards(out, store)
-            token.write_text(self.host, encoding="utf-8")
+            write_text(token, self.host)
         self._all_reach("folder")
         if not token.is_file():
             raise RobustkitError(f"{out}: rank {self.rank} on {self.host} does not see the files rank 0 wrote there; "

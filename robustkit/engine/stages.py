@@ -14,7 +14,9 @@ order   name                does
 20      ``certified``       certified rows of certifiable defenses → ``ctx.certified``
 30      ``checks``          evaluation checks (docs/checks.md) → ``ctx.check_results`` (stored)
 40      ``leaderboard``     leaderboard.csv/.md and per_sample.csv → ``ctx.leaderboard``
-50      ``report``          report.md (provenance, leaderboard, check explanations)
+45      ``sections``        corruption / patch / universal tables, threat_models.md → ``artifacts["sections"]``
+50      ``report``          report.md (provenance, leaderboard, sections, check explanations)
+55      ``transfer-grid``   transfer_grid.csv (+ heatmap, report section) with a transfer-grid attack
 60      ``curve``           curve.csv (+ curve.png) when ``options.curve`` is set → ``ctx.curve``
 ======  ==================  =====================================================================
 
