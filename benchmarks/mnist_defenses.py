@@ -133,7 +133,8 @@ def run(config: Path, out: Path) -> str:
     from robustkit.engine.runner import run_sweep
 
     t0 = time.perf_counter()
-    result = run_sweep(resolve_config(load_config(config)), out, quiet=False)
+    cfg = load_config(config)
+    result = run_sweep(resolve_config(cfg), out, quiet=False, options=cfg.options)  # checks, radii of the config
     print(f"{config.name}: {time.perf_counter() - t0:.0f} s ({result.batches_computed} batches computed, "
           f"{result.batches_reused} reused)", flush=True)
     return to_markdown(result.leaderboard)

@@ -20,13 +20,10 @@ order   name                does
 60      ``curve``           curve.csv (+ curve.png) when ``options.curve`` is set → ``ctx.curve``
 ======  ==================  =====================================================================
 
-Adding one (docs/engine.md, "Finishing stages")::
-
-    from robustkit.engine.stages import RunContext, finishing_stage
-
-    @finishing_stage("html-report", order=55)
-    def html_report(ctx: RunContext) -> None:
-        ctx.wrote(write_html(ctx.out / "report.html", ctx.leaderboard))
+Adding one is one decorated function in your own module (the example and the full contract are in
+docs/engine.md, "Finishing stages"): ``@finishing_stage("html-report", order=55)`` above
+``def html_report(ctx: RunContext) -> None``, which writes its file in ``ctx.out`` and records it with
+``ctx.wrote(path)``.
 
 Import the module before the sweep runs (a plugin package does it in its ``__init__``). A stage must not
 change stored verdicts; whatever it computes goes to its own file or table.
