@@ -75,8 +75,8 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
     """
     options = options or RunOptions()
     executor = executor or LocalExecutor(resolve_device(sweep.device))
+    probe_models(sweep, executor.device)  # before the output folder is even created: a misfit model costs nothing
     out = output_dir(out) if executor.rank == 0 else Path(out)
-    probe_models(sweep, executor.device)
     check_specs(sweep)
     with OutputLock(out, wait=wait) if executor.rank == 0 else contextlib.nullcontext():
         return _run(sweep, out, fresh=fresh, quiet=quiet, options=options, executor=executor)
