@@ -103,7 +103,7 @@ class BatchEvaluator:
         self.sink.commit_batch(job_id=job.job_id, batch_index=step.batch_index, start=step.start, stop=step.stop,
                                seed=batch_seed(self.sweep.seed, job.job_id, step.batch_index), chunk_size=chunk,
                                n_attacked=state.n_attacked, seconds=seconds, run_id=self.run_id,
-                               attempt=self.attempt, rows=state.rows(step.start))
+                               attempt=self.attempt, rows=state.rows(step.start), passes=state.passes)
         self.computed += 1
         return state
 
