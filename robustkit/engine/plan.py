@@ -125,7 +125,8 @@ def batch_layout(store: ResultStore, sweep: Sweep, jobs: list[PlannedJob], reque
         for job in model_jobs:
             model_size = sizes[job.job_id] = store.ensure_job(
                 job.job_id, job.identity, model=job.model, dataset=sweep.dataset.name, norm=sweep.norm,
-                eps=job.eps, prev_job_id=job.prev_job_id, n_examples=len(sweep.dataset), batch_size=model_size,
+                eps=job.eps, prev_job_id=job.prev_job_id, n_examples=len(sweep.dataset),
+                batch_size=model_size if model_size >= 1 else requested,  # a corrupt 0 is refused just below
                 attack_labels=sweep.labels)
         verify_jobs(store, sweep, model_jobs, [sizes[j.job_id] for j in model_jobs])
     return sizes
