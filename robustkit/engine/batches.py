@@ -7,11 +7,9 @@ on where or alongside what it ran.
 """
 from __future__ import annotations
 
-import random
 import time
 from typing import Callable, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -22,18 +20,10 @@ from robustkit.predict import NonFiniteOutputError
 from robustkit.threat import ThreatModel
 
 from .cascade import SampleState, run_cascade
-from .devices import is_out_of_memory, release_cached_memory
+from .devices import is_out_of_memory, release_cached_memory, seed_everything
 from .plan import Step
 from .store import ResultStore
 from .sweep import Sweep
-
-
-def seed_everything(seed: int, device: torch.device) -> torch.Generator:
-    """Seed the global RNGs (torchattacks-based attacks draw from them) and return a generator for the attack."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _slice(state: SampleState, lo: int, hi: int) -> SampleState:

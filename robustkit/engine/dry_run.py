@@ -1,6 +1,6 @@
 """``robustkit eval --dry-run``: the plan of a sweep -- jobs, batches, what is already stored -- computing nothing.
 
-The jobs and their ids are exactly the runner's (:func:`robustkit.engine.runner.plan_jobs`), so "reused"
+The jobs and their ids are exactly the runner's (:func:`robustkit.engine.plan.plan_jobs`), so "reused"
 means what a real run would reuse. The output folder's results store is opened read-only (SQLite
 ``mode=ro``); a dry run writes nothing, not even an empty store.
 
@@ -18,7 +18,7 @@ from robustkit.attacks import Attack
 
 from .devices import auto_batch_size, resolve_device
 from .leaderboard import format_eps
-from .runner import plan_jobs
+from .plan import plan_jobs
 from .store import DB_NAME
 from .sweep import Sweep
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.defenses.sweep import certify_cached, leaderboard_fields
+from robustkit.report.html import PLOTS_DIR
+from robustkit.report.stage import write_run_report
 
 from .checks_stage import flags_by_row, sweep_checks
 from .beyond_lp_tables import CORRUPTION_PNG, SECTION_FILES, SECTIONS_MD, SUMMARY_CSV, add_subgroup_columns, \
@@ -92,3 +94,13 @@ def curve(ctx: RunContext) -> None:
     for name in ("curve.csv", "curve.png"):
         if (ctx.out / name).is_file():
             ctx.wrote(ctx.out / name)
+
+
+@finishing_stage("html-report", order=70)
+def html_report(ctx: RunContext) -> None:
+    """examples/, plots/ and report.html (docs/report.md); skipped when the run keeps no output folder."""
+    if not ctx.artifacts.get("html_report", True):
+        return
+    ctx.wrote(write_run_report(ctx.sweep, ctx.out, ctx.per_sample, ctx.device))
+    if (ctx.out / PLOTS_DIR).is_dir():
+        ctx.wrote(ctx.out / PLOTS_DIR)

@@ -65,13 +65,16 @@ class RunResult:
 
 
 def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool = True,
-              options: RunOptions | None = None, executor: Executor | None = None, wait: bool = False) -> RunResult:
+              options: RunOptions | None = None, executor: Executor | None = None, wait: bool = False,
+              report: bool = True) -> RunResult:
     """Run (or resume) a sweep into the folder ``out``: results.sqlite, then what the finishing stages write
     (leaderboard.csv/.md, per_sample.csv, report.md, curve.csv when asked; see :mod:`robustkit.engine.stages`).
 
     ``options`` (:class:`RunOptions`, default: checks ``cheap``, default certified radii, no curve) say what
     happens after the batches. ``executor`` says who computes them (default: this process alone). ``wait``
-    waits for another run holding the folder's lock instead of failing.
+    waits for another run holding the folder's lock instead of failing. ``report=False`` skips the
+    ``html-report`` stage (examples/, plots/, report.html: docs/report.md); only ``robustkit.evaluate`` without
+    an output folder turns it off (nothing of it would be kept).
     """
     options = options or RunOptions()
     executor = executor or LocalExecutor(resolve_device(sweep.device))
@@ -79,10 +82,11 @@ def run_sweep(sweep: Sweep, out: Path | str, *, fresh: bool = False, quiet: bool
     out = output_dir(out) if executor.rank == 0 else Path(out)
     check_specs(sweep)
     with OutputLock(out, wait=wait) if executor.rank == 0 else contextlib.nullcontext():
-        return _run(sweep, out, fresh=fresh, quiet=quiet, options=options, executor=executor)
+        return _run(sweep, out, fresh=fresh, quiet=quiet, options=options, executor=executor, report=report)
 
 
-def _run(sweep: Sweep, out: Path, *, fresh: bool, quiet: bool, options: RunOptions, executor: Executor) -> RunResult:
+def _run(sweep: Sweep, out: Path, *, fresh: bool, quiet: bool, options: RunOptions, executor: Executor,
+         report: bool) -> RunResult:
     device = executor.device
     jobs = plan_jobs(sweep)
     extra_jobs = plan_extra_jobs(sweep, {e.name: model_fingerprint(e.model) for e in sweep.models})
@@ -128,7 +132,7 @@ def _run(sweep: Sweep, out: Path, *, fresh: bool, quiet: bool, options: RunOptio
         store.finish_run(run_id, "finished")
         ctx = RunContext(sweep=sweep, options=options, out=out, store=store, run_id=run_id, device=device, jobs=jobs,
                          per_sample=build_per_sample(store, sweep, jobs),
-                         artifacts={"extra_jobs": extra_jobs, "batch_size": requested_batch})
+                         artifacts={"extra_jobs": extra_jobs, "batch_size": requested_batch, "html_report": report})
         run_finishing_stages(ctx)
     finally:
         if store is not None:

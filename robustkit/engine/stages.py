@@ -18,6 +18,7 @@ order   name                does
 50      ``report``          report.md (provenance, leaderboard, sections, check explanations)
 55      ``transfer-grid``   transfer_grid.csv (+ heatmap, report section) with a transfer-grid attack
 60      ``curve``           curve.csv (+ curve.png) when ``options.curve`` is set → ``ctx.curve``
+70      ``html-report``     examples/, plots/ and report.html (docs/report.md)
 ======  ==================  =====================================================================
 
 Adding one is one decorated function in your own module (the example and the full contract are in

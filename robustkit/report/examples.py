@@ -32,7 +32,7 @@ from torch import nn
 
 from robustkit.attacks import Attack, eval_mode
 from robustkit.engine.cascade import CLEAN
-from robustkit.engine.identity import canonical_json, sha256_text
+from robustkit.identity import canonical_json, sha256_text
 from robustkit.engine.devices import on_device, seed_everything
 from robustkit.engine.store import ResultStore
 from robustkit.engine.sweep import Sweep

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from robustkit.checks.report import folder_run
+from robustkit.engine.report import folder_run
 from robustkit.engine.curve_fill import CURVE_CSV
 from robustkit.engine.leaderboard import LEADERBOARD_CSV, PER_SAMPLE_CSV
 from robustkit.errors import RobustkitError
