@@ -8,6 +8,7 @@ resumed plus its uninterrupted reference.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -65,6 +66,17 @@ def test_example_leaderboard_shape(example_run):
         assert part.sort_values("eps")["robust_acc"].is_monotonic_decreasing
     assert (board["robust_acc"] <= board["acc_fgsm"]).all()
     assert (example_run["out"] / "leaderboard.md").read_text().startswith("| rank | model |")
+
+
+def test_example_sweep_writes_the_report_and_plots(example_run):
+    """The README's example sweep leaves report.html (every model, no external resource) and plots/ (PNG + SVG)."""
+    out = example_run["out"]
+    html = (out / "report.html").read_text()
+    assert "lenet5-clean" in html and "lenet5-adv" in html and not re.search(r'(src|href)="(https?:)?//', html)
+    for name in ("robust_accuracy_vs_eps", "cascade", "per_class"):
+        assert (out / "plots" / f"{name}.png").is_file() and (out / "plots" / f"{name}.svg").is_file()
+    for model in ("lenet5-clean", "lenet5-adv"):
+        assert (out / "plots" / "models" / model / "examples.png").is_file()
 
 
 def test_numbers_agree_with_torchattacks(example_run, mnist_test, lenet5_clean, lenet5_adv):
