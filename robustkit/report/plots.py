@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from robustkit.engine.leaderboard import format_eps
 from robustkit.outputs import write_with
@@ -171,7 +172,7 @@ def _rows(run: RunFolder, models: Sequence[str]) -> int:
 
 
 def accuracy_vs_eps(run: RunFolder, models: Sequence[str]) -> Figure:
-    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+    fig = Figure(figsize=(7.4, 4.2), layout=ConstrainedLayoutEngine(w_pad=0.12))  # room for the outside legend
     draw_accuracy(fig.subplots(), run, models)
     return fig
 
