@@ -83,7 +83,7 @@ def test_every_run_writes_plots_and_a_self_contained_report(runs):
     assert html.count("<tr class=\"empirical\"") == 6
     board = pd.read_csv(out / "leaderboard.csv")
     for r in board.itertuples():  # every robust accuracy and its interval is in the table as the CSV has it
-        assert f"{r.robust_acc:.2f}<span class=\"ci\" title=\"95% CI [{r.robust_acc_ci_low:.2f}, " \
+        assert f"{r.robust_acc:.2f}</span><span class=\"ci\" title=\"95% CI [{r.robust_acc_ci_low:.2f}, " \
                f"{r.robust_acc_ci_high:.2f}]\"" in html
 
 
