@@ -10,6 +10,7 @@ entry-point group, e.g. in their ``pyproject.toml``::
 
 See docs/defenses.md and docs/write-your-own-defense.md.
 """
+from .adaptive_smoothing import AdaptiveSmoothing, MixingNetwork
 from .base import (DEFENSES, Defense, build_defense, check_defense_spec, check_params, get_defense_class,
                    list_defenses, register_defense, sample_hashes)
 from .certification import (ABSTAIN, DEFAULT_RADII, CertifyResult, certified_accuracy, certified_counts,
@@ -22,7 +23,7 @@ from .transforms import (JPEG, BitDepth, BitDepthDefense, GaussianNoise, Gaussia
                          JPEGDefense, MedianFilter, MedianFilterDefense, TransformDefense)
 
 __all__ = [
-    "ABSTAIN", "AGGREGATIONS", "DEFAULT_RADII", "DEFENSES", "JPEG", "BitDepth", "BitDepthDefense", "CertifyResult",
+    "ABSTAIN", "AdaptiveSmoothing", "MixingNetwork", "AGGREGATIONS", "DEFAULT_RADII", "DEFENSES", "JPEG", "BitDepth", "BitDepthDefense", "CertifyResult",
     "Defense", "DefensiveDistillation", "Ensemble", "GaussianNoise", "GaussianNoiseDefense", "InputTransform",
     "JPEGDefense", "MedianFilter", "MedianFilterDefense", "MixedNUTS", "RandomizedSmoothing", "TransformDefense",
     "build_defense", "certified_accuracy", "certified_counts", "certified_rows", "check_defense_spec",

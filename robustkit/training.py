@@ -14,6 +14,9 @@ over every training trick:
 * ``fgsm`` -- "Fast is better than free" (Wong, Rice & Kolter, ICLR 2020): one FGSM step of size
   ``step_size`` (default ``1.25 * eps``) from a uniform random start, projected back into the ball.
   Use it with ``lr_schedule="cyclic"`` as in the paper.
+* ``pubdef`` -- Sitawarin et al. (ICLR 2024): clean images plus transfer examples made once by PGD (``eps``,
+  ``steps``, ``step_size``) on each of the ``surrogates``, weighted by the defender's mixed strategy
+  (:mod:`robustkit.pubdef`).
 * ``trades`` -- Zhang et al. (ICML 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` where ``x'`` maximises
   the KL term by PGD from ``x + 0.001 * N(0, I)``; ``beta`` default 6 as in the paper.
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,13 +45,15 @@ from robustkit.attacks._steps import random_start, steepest_direction
 from robustkit.errors import ConfigError, did_you_mean
 from robustkit.outputs import output_dir, write_text
 from robustkit.predict import model_device, predict
+from robustkit.pubdef import DynamicWeights, check_surrogates, stacked_transfer_inputs
 from robustkit.threat import canonical_norm, project
 
-METHODS = ("standard", "noise", "pgd", "fgsm", "trades")
+METHODS = ("standard", "noise", "pgd", "fgsm", "trades", "pubdef")
+ATTACKED = ("pgd", "fgsm", "trades", "pubdef")  # methods that train against an eps-ball
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "cyclic")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
-DEFAULT_STEPS = {"pgd": 10, "trades": 10}
+DEFAULT_STEPS = {"pgd": 10, "trades": 10, "pubdef": 10}
 TRADES_INIT_STD = 0.001
 
 
@@ -104,7 +109,7 @@ class TrainConfig:
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
         need(is_num(self.temperature) and self.temperature > 0, "temperature", "a number > 0")
         self.norm = canonical_norm(self.norm)
-        adversarial = self.method in ("pgd", "fgsm", "trades")
+        adversarial = self.method in ATTACKED
         if adversarial:
             need(self.norm in ("Linf", "L2"), "norm", "Linf or L2")
             need(self.eps is not None and is_num(self.eps) and self.eps > 0, "eps",
@@ -112,17 +117,17 @@ class TrainConfig:
             if self.norm == "Linf":
                 need(self.eps <= 1, "eps", "a number <= 1 for Linf (inputs are in [0, 1])")
         elif self.eps is not None:
-            raise ConfigError(f"training eps: only used by methods pgd, fgsm and trades, not {self.method}")
+            raise ConfigError(f"training eps: only used by methods {', '.join(ATTACKED)}, not {self.method}")
         need(self.steps is None or (is_int(self.steps) and self.steps >= 1), "steps", "an integer >= 1")
-        if self.steps is not None and self.method not in ("pgd", "trades"):
-            raise ConfigError(f"training steps: only used by methods pgd and trades, not {self.method}")
+        if self.steps is not None and self.method not in ("pgd", "trades", "pubdef"):
+            raise ConfigError(f"training steps: only used by methods pgd, trades and pubdef, not {self.method}")
         need(self.step_size is None or (is_num(self.step_size) and self.step_size > 0), "step_size", "a number > 0")
         if self.step_size is not None and not adversarial:
-            raise ConfigError(f"training step_size: only used by methods pgd, fgsm and trades, not {self.method}")
+            raise ConfigError(f"training step_size: only used by methods {', '.join(ATTACKED)}, not {self.method}")
         need(is_num(self.beta) and self.beta >= 0, "beta", "a number >= 0")
         need(is_int(self.eps_warmup) and 0 <= self.eps_warmup <= self.epochs, "eps_warmup",
              "an integer number of epochs in [0, epochs]")
-        if self.eps_warmup and not adversarial:
+        if self.eps_warmup and (not adversarial or self.method == "pubdef"):
             raise ConfigError(f"training eps_warmup: only used by methods pgd, fgsm and trades, not {self.method}")
         if self.method == "noise":
             need(self.sigma is not None and is_num(self.sigma) and self.sigma > 0, "sigma",
@@ -151,7 +156,7 @@ class TrainConfig:
     def describe(self) -> str:
         """One line for a model card: method, threat model and every setting that shaped the weights."""
         parts = [f"method={self.method}"]
-        if self.method in ("pgd", "fgsm", "trades"):
+        if self.method in ATTACKED:
             parts.append(f"norm={self.norm} eps={self.eps:g} step_size={self.resolved_step_size:g}")
             if self.method != "fgsm":
                 parts.append(f"steps={self.resolved_steps}")
@@ -265,8 +270,11 @@ def trades_examples(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str,
 
 
 def _batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig,
-                generator: torch.Generator, eps_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator, eps_scale: float = 1.0,
+                pubdef: DynamicWeights | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits of the inputs trained on) for one batch, by method; ``eps_scale`` < 1 during warm-up."""
+    if pubdef is not None:  # xb: (B, 1 + K, C, H, W), clean then each surrogate's transfer examples
+        return pubdef.loss(model, xb, yb)
     if cfg.method in ("pgd", "fgsm"):
         with eval_mode(model):
             steps = cfg.resolved_steps if cfg.method == "pgd" else 1
@@ -301,12 +309,14 @@ def _eps_scale(cfg: TrainConfig, epoch: int, batch: int, batches_per_epoch: int)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig | None = None, *,
-          on_epoch: Callable[[dict[str, float]], None] | None = None, **options: Any) -> TrainResult:
+          on_epoch: Callable[[dict[str, float]], None] | None = None, surrogates: Sequence[nn.Module] | None = None,
+          **options: Any) -> TrainResult:
     """Train ``model`` in place on ``(x, y)`` with ``config`` (or keyword options of :class:`TrainConfig`).
 
     ``x``: float images (N, C, H, W) in [0, 1] (normalization belongs inside the model); ``y``: int64 labels,
     or soft targets (N, num_classes) for methods standard and noise. The data stays where it is; batches are
     moved to the model's device. The model is left in eval mode. ``on_epoch`` receives each history entry.
+    ``surrogates``: the public models of method pubdef (only).
     """
     cfg = make_config(config, **options)
     _check_data(x, y, cfg)
@@ -314,6 +324,16 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     n = x.shape[0]
     batches_per_epoch = math.ceil(n / cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)
+    weights = None
+    if cfg.method == "pubdef":
+        attack = lambda m, xb, yb: pgd_examples(m, xb, yb, eps=float(cfg.eps), norm=cfg.norm,  # noqa: E731
+                                                steps=cfg.resolved_steps, step_size=cfg.resolved_step_size,
+                                                generator=generator)
+        models = check_surrogates(surrogates)
+        x = stacked_transfer_inputs(x, y, models, attack, cfg.batch_size)
+        weights = DynamicWeights(x.shape[1])
+    elif surrogates:
+        raise ConfigError(f"training surrogates: only used by method pubdef, not {cfg.method}")
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, cfg, cfg.epochs * batches_per_epoch)
     result = TrainResult(config=cfg)
@@ -330,7 +350,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
                 xb = x[idx].to(device=device, dtype=torch.float32)
                 yb = y[idx].to(device)
                 model.train()
-                loss, logits = _batch_loss(model, xb, yb, cfg, generator, _eps_scale(cfg, epoch, b, batches_per_epoch))
+                loss, logits = _batch_loss(model, xb, yb, cfg, generator, _eps_scale(cfg, epoch, b, batches_per_epoch),
+                                           weights)
                 if not loss.requires_grad:
                     raise ConfigError("training: the loss does not depend on the model's parameters through "
                                       "autograd (a BPDA or non-differentiable step in front of every parameter?)")
@@ -398,14 +419,16 @@ def _fill_shape_kwargs(arch: str, arch_kwargs: dict[str, Any], x: torch.Tensor) 
 def train_zoo_entry(*, arch: str, dataset: Any, out: Any, config: TrainConfig, name: str | None = None,
                     arch_kwargs: dict[str, Any] | None = None, normalization: Any = None,
                     n_examples: int | None = None, eval_examples: int = 0, distillation_temperature: float | None = None,
-                    device: str = "auto", on_epoch: Callable[[dict[str, float]], None] | None = None) -> ZooEntryResult:
+                    device: str = "auto", on_epoch: Callable[[dict[str, float]], None] | None = None,
+                    surrogates: dict[str, nn.Module] | None = None) -> ZooEntryResult:
     """Train a zoo architecture on a dataset and write ``<name>.safetensors`` + the model card ``<name>.yaml``
     (+ ``<name>.train.json`` with the full config and per-epoch history) into ``out``.
 
     Training uses the first ``n_examples`` examples (all when None); the card's ``reported_clean_acc`` is
     measured on the *last* ``eval_examples`` examples, which must not overlap them. With
     ``distillation_temperature`` the model is trained by defensive distillation (teacher and student at that
-    temperature, ``config`` used for both) and the card describes the deployed student. The checkpoint holds
+    temperature, ``config`` used for both) and the card describes the deployed student. ``surrogates`` (name ->
+    model) are method pubdef's public models; the card's training line names them. The checkpoint holds
     the bare network's weights; the normalization is recorded in the card (the zoo re-attaches it).
     """
     import json
@@ -446,8 +469,11 @@ def train_zoo_entry(*, arch: str, dataset: Any, out: Any, config: TrainConfig, n
                f"deployed at T=1; teacher and student each: {config.describe()}")
         history: Any = distilled.training_history
     else:
-        history = train(model, x, y, config, on_epoch=on_epoch).history
+        models = None if surrogates is None else [m.to(dev).eval() for m in surrogates.values()]
+        history = train(model, x, y, config, on_epoch=on_epoch, surrogates=models).history
         how = config.describe()
+        if surrogates:
+            how += f" surrogates={','.join(surrogates)}"
     model.eval()
     clean = round(100.0 * accuracy(model, data.x[total - eval_examples:], data.y[total - eval_examples:]), 2) \
         if eval_examples else None
@@ -462,7 +488,9 @@ def train_zoo_entry(*, arch: str, dataset: Any, out: Any, config: TrainConfig, n
     where = f"{data.name}{f' {split} split' if split else ''} examples 0..{n_train - 1} (content hash " \
             f"{_hash_prefix(x, y)})"
     evaluated = f"; clean accuracy on examples {total - eval_examples}..{total - 1}" if eval_examples else ""
-    threat = f"{config.norm} {config.eps:g}" if config.method in ("pgd", "fgsm", "trades") else None
+    threat = f"{config.norm} {config.eps:g}" if config.method in ATTACKED else None
+    if config.method == "pubdef":  # PubDef defends against transfer attacks from these public models only
+        threat = f"transfer from public models ({', '.join(surrogates or {})}), {threat}"
     card = {
         "name": name, "arch": arch, "arch_kwargs": kwargs, "num_classes": int(data.num_classes),
         "dataset": data.name,

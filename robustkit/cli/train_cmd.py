@@ -11,11 +11,24 @@ from typing import Any
 
 import click
 
-from robustkit.errors import ConfigError, short_repr
+from robustkit.defenses.adaptive_smoothing import train_mixing_network
+from robustkit.errors import ConfigError, RobustkitError, short_repr
+from robustkit.zoo import load_model
 from robustkit.threat import parse_eps
 from robustkit.userfiles import load_yaml_text
 
-CLI_METHODS = ("standard", "noise", "pgd", "fgsm", "trades", "distillation")
+CLI_METHODS = ("standard", "noise", "pgd", "fgsm", "trades", "pubdef", "distillation", "mixing-network")
+
+
+def _load_models(option: str, specs: tuple[str, ...], weights_dir: str | None) -> dict[str, Any]:
+    """name -> loaded model for each zoo name or card path of a repeatable option."""
+    loaded = {}
+    for spec in specs:
+        try:
+            loaded[Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec] = load_model(spec, weights_dir=weights_dir)
+        except RobustkitError as exc:
+            raise ConfigError(f"{option} {spec!r}: {exc}") from None
+    return loaded
 
 
 def _arch_kwargs(text: str | None) -> dict[str, Any]:
@@ -36,7 +49,7 @@ def _normalization(text: str | None) -> Any:
 
 
 @click.command("train")
-@click.option("--arch", required=True, help="Architecture name (see `robustkit zoo list`), e.g. small-cnn.")
+@click.option("--arch", default=None, help="Architecture name (see `robustkit zoo list`), e.g. small-cnn.")
 @click.option("--arch-kwargs", help="Architecture arguments as YAML, e.g. '{width: 16}' (in_channels and "
                                     "input_size default to the data's).")
 @click.option("--dataset", required=True, help="Dataset name, e.g. mnist, digits, cifar10.")
@@ -47,7 +60,16 @@ def _normalization(text: str | None) -> Any:
               help="Measure the card's clean accuracy on the LAST N examples (disjoint from the training ones).")
 @click.option("--method", type=click.Choice(CLI_METHODS, case_sensitive=False), default="standard", show_default=True,
               help="standard; noise (Gaussian augmentation, --sigma); pgd (Madry et al.); fgsm (random start, Wong "
-                   "et al.); trades (Zhang et al., --beta); distillation (Papernot et al., --temperature).")
+                   "et al.); trades (Zhang et al., --beta); pubdef (Sitawarin et al., transfer examples of each "
+                   "--surrogate); distillation (Papernot et al., --temperature); mixing-network (the adaptive-"
+                   "smoothing mixing network of two --member models, Bai et al.).")
+@click.option("--surrogate", "surrogates", multiple=True,
+              help="pubdef: a public surrogate model (zoo name or card path); repeat for several.")
+@click.option("--member", "members", multiple=True,
+              help="mixing-network: the adaptive-smoothing members, accurate first, robust second (zoo names or "
+                   "card paths); --arch is then ignored.")
+@click.option("--weights-dir", help="pubdef / mixing-network: folder with the surrogates' or members' checkpoints "
+                                    "(default: the zoo's cache).")
 @click.option("--eps", help="Training radius for pgd/fgsm/trades, a number or a fraction like 8/255.")
 @click.option("--norm", default="Linf", show_default=True, help="Linf or L2 (pgd/fgsm/trades).")
 @click.option("--steps", type=int, help="Attack steps for pgd/trades (default 10).")
@@ -73,7 +95,9 @@ def _normalization(text: str | None) -> Any:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
 def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, split: str | None,
-          n_examples: int | None, eval_examples: int, method: str, eps: str | None, norm: str, steps: int | None,
+          n_examples: int | None, eval_examples: int, method: str, surrogates: tuple[str, ...],
+          members: tuple[str, ...], weights_dir: str | None,
+          eps: str | None, norm: str, steps: int | None,
           step_size: float | None, eps_warmup: int, beta: float | None, sigma: float | None, temperature: float | None, epochs: int,
           batch_size: int, optimizer: str, lr: float | None, lr_schedule: str, momentum: float, weight_decay: float,
           normalization: str | None, seed: int, device: str, name: str | None, out: Path, quiet: bool) -> None:
@@ -90,19 +114,34 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
         raise ConfigError(f"--n-examples: expected a positive integer, got {n_examples}")
     if eval_examples < 0:
         raise ConfigError(f"--eval-examples: expected an integer >= 0, got {eval_examples}")
-    ARCHS.get(arch)  # unknown architecture: one line with the known names, before any data is read
+    if method == "mixing-network":
+        if len(members) != 2:
+            raise ConfigError(f"--member: --method mixing-network needs exactly two (accurate, then robust), got "
+                              f"{len(members)}")
+        arch = arch or "mixing-network"
+    elif members:
+        raise ConfigError(f"--member: only for --method mixing-network, not {method}")
+    elif arch is None:
+        raise ConfigError("--arch: required (see `robustkit zoo list`)")
+    else:
+        ARCHS.get(arch)  # unknown architecture: one line with the known names, before any data is read
     from robustkit.training import make_config
 
     options: dict[str, Any] = {
-        "method": "standard" if distill else method, "epochs": epochs, "batch_size": batch_size,
+        "method": {"distillation": "standard", "mixing-network": "pgd"}.get(method, method), "epochs": epochs, "batch_size": batch_size,
         "optimizer": optimizer.lower(), "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
         "lr_schedule": lr_schedule.lower(), "seed": seed,
     }
-    if method in ("pgd", "fgsm", "trades"):
+    if surrogates and method != "pubdef":
+        raise ConfigError(f"--surrogate: only for --method pubdef, not {method}")
+    if method == "pubdef" and not surrogates:
+        raise ConfigError("--surrogate: --method pubdef needs at least one public surrogate model (repeat the option)")
+    if method in ("pgd", "fgsm", "trades", "pubdef", "mixing-network"):
         if eps is None:
             raise ConfigError(f"--eps: required for --method {method}")
-        options.update(norm=norm, eps=parse_eps(eps, "--eps"), steps=steps, step_size=step_size,
-                       eps_warmup=eps_warmup)
+        options.update(norm=norm, eps=parse_eps(eps, "--eps"), steps=steps, step_size=step_size)
+        if eps_warmup:
+            options["eps_warmup"] = eps_warmup
     elif eps is not None or steps is not None or step_size is not None or eps_warmup:
         raise ConfigError(f"--eps/--steps/--step-size: only for --method pgd, fgsm or trades, not {method}")
     if beta is not None:
@@ -134,11 +173,26 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
             click.echo(f"epoch {entry['epoch']:>3}: loss {entry['loss']:.4f}, train acc {100 * entry['train_acc']:.2f}%"
                        f", lr {entry['lr']:.3g} ({entry['seconds']:.1f} s)", err=True)
 
+    loaded = _load_models("--surrogate", surrogates, weights_dir) if surrogates else None
+    if method == "mixing-network":
+        total = len(data)
+        n_train = total - eval_examples if n_examples is None else n_examples
+        if n_train < 1 or n_train + eval_examples > total:
+            raise ConfigError(f"--n-examples ({n_train}) + --eval-examples ({eval_examples}) must fit in the {total} "
+                              f"examples of {data.name!r} without overlapping")
+        fit = {k: v for k, v in options.items() if k not in ("method", "momentum", "lr_schedule", "optimizer")}
+        path = train_mixing_network(
+            _load_models("--member", members, weights_dir), data.x[:n_train], data.y[:n_train], out=out,
+            name=name or f"{data.name}-adaptive-smoothing", x_eval=data.x[total - eval_examples:],
+            y_eval=data.y[total - eval_examples:], on_epoch=report,
+            data_note=f"data: {data.name} examples 0..{n_train - 1}", **fit)
+        click.echo(str(path))
+        return
     result = train_zoo_entry(arch=arch, dataset=data, out=out, config=config, name=name,
                              arch_kwargs=_arch_kwargs(arch_kwargs), normalization=_normalization(normalization),
                              n_examples=n_examples, eval_examples=eval_examples,
                              distillation_temperature=temperature if distill else None, device=device,
-                             on_epoch=report)
+                             on_epoch=report, surrogates=loaded)
     acc = result.card.get("reported_clean_acc")
     if acc is not None:
         click.echo(f"clean accuracy on the last {eval_examples} examples: {acc:.2f}%", err=True)
