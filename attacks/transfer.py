@@ -151,7 +151,9 @@ class TransferAttack(Attack):
             return str(spec.get("name") or spec.get("arch") or f"surrogate{index}")
         if isinstance(spec, nn.Module):
             return f"{type(spec).__name__}#{index}"
-        return os.fspath(spec)
+        text = os.fspath(spec)
+        # a card path is named by its file stem (the card's usual name), a zoo name by itself
+        return Path(text).stem if text.endswith((".yaml", ".yml")) else text
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
