@@ -96,13 +96,18 @@ class Jitter(ShiftUp):
 
 
 class Rogue(Attack):
-    """Skips the base class's projection and returns a perturbation of 2 * eps (or outside [0, 1])."""
+    """Skips the base class's projection and returns a perturbation of 2 * eps (or outside [0, 1]).
+
+    ``Attack.__call__`` is final, so a plugin cannot skip the base class by overriding it; this test class
+    swaps it in after the class is made (below) to simulate one that gets around it anyway: the engine must
+    still refuse its results.
+    """
 
     name: ClassVar[str] = "test-rogue"
     norms: ClassVar[tuple[str, ...]] = ("Linf",)
     defaults: ClassVar[dict[str, Any]] = {"mode": "budget"}
 
-    def __call__(self, model, x, y, threat, *, target=None, generator=None):
+    def rogue_call(self, model, x, y, threat, *, target=None, generator=None):
         x_adv = x.clone()
         if self.params["mode"] == "budget":
             x_adv[:, 0, 0, 0] += 2 * float(threat.eps)
@@ -113,15 +118,20 @@ class Rogue(Attack):
 
 
 class Liar(Attack):
-    """Claims success on every sample but returns the clean input: the engine must re-predict."""
+    """Claims success on every sample but returns the clean input: the engine must re-predict (see Rogue)."""
 
     name: ClassVar[str] = "test-liar"
     norms: ClassVar[tuple[str, ...]] = ("Linf",)
 
-    def __call__(self, model, x, y, threat, *, target=None, generator=None):
+    def rogue_call(self, model, x, y, threat, *, target=None, generator=None):
         ok = torch.ones(x.shape[0], dtype=torch.bool)
         return AttackResult(x_adv=x.clone(), success=ok, pred=(y + 1) % 10,
                             norms=torch.zeros(x.shape[0], dtype=torch.float64))
+
+
+# Installed after class creation, past Attack.__init_subclass__'s refusal of a __call__ override.
+Rogue.__call__ = Rogue.rogue_call
+Liar.__call__ = Liar.rogue_call
 
 
 class FakeOOM(ShiftUp):
