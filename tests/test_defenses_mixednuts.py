@@ -127,6 +127,7 @@ def test_the_evaluator_adds_the_declared_adaptive_attack(calibrated, cifar):
     assert sweep.labels == ["autoattack"]
 
 
+@pytest.mark.slow  # full checks on a ResNet mixture: over 3 CPU minutes since AutoAttack's official components
 def test_end_to_end_attack_and_no_false_flags(calibrated, cifar, tmp_path):
     mixed, _ = calibrated
     _, ev = cifar
