@@ -18,21 +18,20 @@ The base class gives every attack the same guarantees, whatever its implementati
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, final
+from typing import Any, ClassVar, final
 
 import torch
 from torch import nn
 
 from robustkit.errors import ConfigError, did_you_mean, short_repr
-from robustkit.predict import DEFAULT_VOTE_PASSES, is_randomized, model_device, predict
+from robustkit.predict import DEFAULT_VOTE_PASSES, eval_mode, model_device, predict
+from robustkit.randomness import is_randomized, mean_logits, refresh_randomized
 from robustkit.registry import Registry
 from robustkit.threat import ThreatModel, check_budget, project
 
 from .bpda import NonDifferentiableModelError, bpda_parts
-from .eot import mean_logits, refresh_randomized
 from .losses import get_loss
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack", entry_point_group="robustkit.attacks")
@@ -71,18 +70,6 @@ class AttackResult:
     norms: torch.Tensor
     target: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model (all submodules) in eval mode and restore every submodule's previous state after."""
-    states = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in states:
-            m.training = was_training
 
 
 class Attack:

@@ -29,9 +29,9 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 from robustkit.predict import predict
+from robustkit.steps import per_sample
 from robustkit.threat import RTOL, perturbation_norm
 
-from ._steps import per_sample
 from .base import Attack, register_attack
 from .losses import margin_loss
 from .pgd import PGD

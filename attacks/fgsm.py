@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._steps import per_sample, steepest_direction
+from robustkit.steps import per_sample, steepest_direction
+
 from .base import Attack, register_attack
 
 

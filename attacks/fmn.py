@@ -34,9 +34,9 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 from robustkit.predict import predict
+from robustkit.steps import per_sample, unit_l2
 from robustkit.threat import project
 
-from ._steps import per_sample, unit_l2
 from .base import Attack, register_attack
 from .cw import is_adversarial, select_within_budget
 

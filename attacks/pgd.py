@@ -1,19 +1,25 @@
-"""PGD (Madry et al. 2018) and the best-iterate search loop it runs on, reusable by other iterative attacks.
+"""PGD (Madry et al. 2018) and the best-iterate search it runs on, reusable by other iterative attacks.
 
 Plain PGD (as in torchattacks) returns the *last* iterate. An evaluation that publishes numbers should not:
 the path of a sign-gradient ascent oscillates, and an iterate that fooled the model is worth keeping even if
 a later step undoes it. :func:`best_iterate_search` therefore keeps, per sample,
 
-* the first iterate that succeeds (misclassified, or classified as the target) - it wins at once, is frozen,
-  and that sample leaves the batch, so no forward/backward pass is spent on finished samples;
+* the first iterate that succeeds (misclassified, or classified as the target) - it wins at once and is
+  frozen (a mask: later iterates of that sample are ignored);
 * otherwise the iterate with the highest loss seen in any restart (the start point counts).
 
 The unperturbed input counts as an iterate too: a sample that already fails is returned unchanged and never
-attacked. A restart only attacks samples that no earlier restart broke. The loop's host synchronisation is
-one ``.any()`` per step (plus those inside :func:`robustkit.threat.project`).
+attacked. A restart only attacks samples that no earlier restart broke.
 
-Other attacks reuse the loop by passing a :class:`StepRule` (e.g. a momentum update) instead of the default
-steepest ascent; per-sample state that the rule keeps is shrunk with the batch automatically.
+The steps themselves are the one PGD loop of robustkit, :func:`robustkit.pgd_loop.ascend`, which never
+synchronises with the host. Frozen samples leave the batch (so no forward/backward pass is spent on them)
+only at a few fixed steps, :func:`compaction_steps`: after step 1 and after steps/8, steps/4 and steps/2.
+That is at most 4 host synchronisations per restart whatever the number of steps (a GPU runs the steps in
+between back to back), and a sample frozen at step k is carried at most until step ~2k + 1 - at most about
+twice the work of dropping it at once.
+
+Other attacks reuse the search by passing a :class:`~robustkit.pgd_loop.StepRule` (e.g. a momentum update)
+instead of the default steepest ascent; per-sample state that the rule keeps is shrunk with the batch.
 """
 from __future__ import annotations
 
@@ -24,30 +30,13 @@ import torch
 from torch import nn
 
 from robustkit.errors import ConfigError
-from robustkit.threat import project
+from robustkit.pgd_loop import StepRule, ascend
+from robustkit.steps import per_sample, random_start as draw_random_start
 
-from ._steps import per_sample, random_start as draw_random_start, steepest_direction
 from .base import Attack, register_attack
 from .losses import get_loss
 
 LOSS_TAIL = 5  # how many of the last evaluations' mean losses the info dict keeps
-
-
-class StepRule:
-    """How an iterate moves, given its loss gradient, before projection onto the ball and [0, 1].
-
-    The default is PGD's steepest ascent for the norm. A subclass may keep per-sample state (tensors whose
-    first dimension is the active batch) in the dict made by :meth:`init_state`; the search loop drops the
-    rows of finished samples from every such tensor, so the rule never sees them.
-    """
-
-    def init_state(self, x_start: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
-
-    def step(self, x: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor, norm: str,
-             state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next iterate (unprojected). ``step_size`` is per sample, already shaped (n, 1, 1, 1)."""
-        return x + step_size * steepest_direction(grad, norm)
 
 
 def eot_loss_and_logits(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
@@ -76,6 +65,12 @@ def _succeeded(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | Non
     return pred == target if target is not None else pred != y
 
 
+def compaction_steps(steps: int) -> list[int]:
+    """The steps after which the search drops frozen samples: 1, steps // 8, steps // 4, steps // 2 (distinct,
+    in (0, steps)). A constant number, so that host synchronisations do not grow with ``steps``."""
+    return sorted({k for k in (1, steps // 8, steps // 4, steps // 2) if 0 < k < steps})
+
+
 def best_iterate_search(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
                         norm: str, *, target: torch.Tensor | None, generator: torch.Generator | None, loss: str,
                         steps: int, step_size: torch.Tensor, random_start: bool, restarts: int = 1,
@@ -83,11 +78,12 @@ def best_iterate_search(attack: Attack, model: nn.Module, x: torch.Tensor, y: to
     """Run ``restarts`` x ``steps`` projected gradient steps and return the best iterate per sample.
 
     ``eps`` and ``step_size`` are per-sample tensors of shape (n,). Returns ``(x_best, info)`` with
-    ``info = {"steps_run", "restarts_run", "best_loss", "loss_tail", "ever_succeeded"}``: ``steps_run`` counts gradient steps
-    over all restarts (a restart ends early once all its samples succeeded); ``best_loss`` (n,) is the loss of
-    the returned point; ``loss_tail`` holds the mean loss at the last (up to) 5 evaluations of the last restart,
-    over the samples that were still unbroken at its end (the same samples at every entry, so a still-rising
-    tail means more steps would likely help), and is empty when every sample was broken.
+    ``info = {"steps_run", "restarts_run", "best_loss", "loss_tail", "ever_succeeded"}``: ``steps_run`` counts
+    gradient steps over all restarts (a restart ends early when, at one of the :func:`compaction_steps`, all
+    its samples have succeeded); ``best_loss`` (n,) is the loss of the returned point; ``loss_tail`` holds the
+    mean loss at the last (up to) 5 evaluations of the last restart, over the samples that were still
+    unbroken at its end (the same samples at every entry, so a still-rising tail means more steps would
+    likely help), and is empty when every sample was broken.
     """
     rule = rule or StepRule()
     x_best = x.clone()
@@ -103,47 +99,55 @@ def best_iterate_search(attack: Attack, model: nn.Module, x: torch.Tensor, y: to
         restarts_run += 1
         # everything below is aligned with the active samples ``idx`` and shrinks with them
         act: dict[str, torch.Tensor] = {"x0": x[idx], "y": y[idx], "eps": eps[idx], "alpha": step_size[idx],
-                                        "xb": x_best[idx], "lb": best_loss[idx]}
+                                        "xb": x_best[idx], "lb": best_loss[idx],
+                                        "frozen": torch.zeros_like(idx, dtype=torch.bool)}
         if target is not None:
             act["t"] = target[idx]
         act["x"] = draw_random_start(act["x0"], act["eps"], norm, generator) if random_start else act["x0"].clone()
         state = rule.init_state(act["x"])
         tail: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=LOSS_TAIL)
-        hit = torch.zeros_like(idx, dtype=torch.bool)
-        for k in range(steps + 1):
-            t = act.get("t")
-            if k < steps:
-                cur_loss, grad, logits = attack.loss_and_grad(model, act["x"], act["y"], loss, t)
-            else:  # the last iterate needs judging, not a gradient
-                cur_loss, logits = eot_loss_and_logits(attack, model, act["x"], act["y"], loss, t)
-            hit = _succeeded(logits, act["y"], t)
-            better = hit | (cur_loss > act["lb"])
-            torch.where(per_sample(better, act["x"]), act["x"], act["xb"], out=act["xb"])
+
+        def observe(x_k: torch.Tensor, cur_loss: torch.Tensor, logits: torch.Tensor) -> None:
+            """Keep the first successful iterate, else the highest-loss one (masks only: no host sync)."""
+            hit = _succeeded(logits, act["y"], act.get("t"))
+            better = ~act["frozen"] & (hit | (cur_loss > act["lb"]))
+            torch.where(per_sample(better, x_k), x_k, act["xb"], out=act["xb"])
             torch.where(better, cur_loss, act["lb"], out=act["lb"])
+            act["frozen"] |= hit
             tail.append((idx, cur_loss))
+
+        def loss_and_grad(x_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return attack.loss_and_grad(model, x_k, act["y"], loss, act.get("t"))
+
+        k = 0
+        for stop in [*compaction_steps(steps), steps]:
+            act["x"] = ascend(act["x0"], act["x"], act["eps"], act["alpha"], norm, loss_and_grad, steps=stop - k,
+                              rule=rule, state=state, observe=observe)
+            steps_run += stop - k
+            k = stop
             if k == steps:
                 break
-            if bool(hit.any()):  # freeze the winners and drop them from the batch
-                won = idx[hit]
-                x_best[won] = act["xb"][hit]
-                best_loss[won] = act["lb"][hit]
-                done[won] = True
-                keep = (~hit).nonzero().squeeze(1)
-                idx = idx[keep]
-                act = {name: v[keep] for name, v in act.items()}
-                state = {name: v[keep] for name, v in state.items()}
-                grad = grad[keep]
-                hit = hit[keep]
-                if idx.numel() == 0:
-                    break
-            moved = rule.step(act["x"], grad, per_sample(act["alpha"], act["x"]), norm, state)
-            act["x"] = project(act["x0"], moved, act["eps"], norm)
-            steps_run += 1
-        if idx.numel():
+            # one host synchronisation: frozen samples keep their best iterate and leave the batch
+            frozen = act["frozen"]
+            won = idx[frozen]
+            x_best[won] = act["xb"][frozen]
+            best_loss[won] = act["lb"][frozen]
+            done[won] = True
+            keep = (~frozen).nonzero().squeeze(1)
+            idx = idx[keep]
+            act = {name: v[keep] for name, v in act.items()}
+            state = {name: v[keep] for name, v in state.items()}
+            if idx.numel() == 0:
+                break
+        if idx.numel():  # judge the last iterate (it needs no gradient)
+            cur_loss, logits = eot_loss_and_logits(attack, model, act["x"], act["y"], loss, act.get("t"))
+            observe(act["x"], cur_loss, logits)
             x_best[idx] = act["xb"]
             best_loss[idx] = act["lb"]
-            done[idx] = hit
-        unbroken = idx[~hit]
+            done[idx] = act["frozen"]
+            unbroken = idx[~act["frozen"]]
+        else:
+            unbroken = idx
         loss_tail = [float(ls[torch.isin(ix, unbroken)].mean()) for ix, ls in tail] if unbroken.numel() else []
 
     # ever_succeeded: some evaluated iterate fooled the model (read by the "silent-success" check, which

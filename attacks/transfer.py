@@ -35,6 +35,7 @@ from torch import nn
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.predict import predict
 from robustkit.threat import ThreatModel
+from robustkit.zoo import load_model, resolve_card
 
 from .base import Attack, register_attack
 from .build import build_attack
@@ -104,8 +105,6 @@ class TransferAttack(Attack):
 
     def _check_card(self, index: int, spec: Any) -> None:
         """Resolve the card now (cheap: no weights are read) so that a typo fails before the sweep starts."""
-        from robustkit.zoo import resolve_card
-
         where = f"attack 'transfer': surrogates[{index}]"
         try:
             card = resolve_card(spec, base_dir=self.params["base_dir"])
@@ -171,8 +170,6 @@ class TransferAttack(Attack):
                 if isinstance(spec, nn.Module):
                     loaded.append(spec)
                     continue
-                from robustkit.zoo import load_model  # lazy: the zoo pulls in architectures and loaders
-
                 spec_arg = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
                 loaded.append(load_model(spec_arg, base_dir=self.params["base_dir"]).to(device).eval())
             self._loaded = loaded

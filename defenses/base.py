@@ -33,6 +33,7 @@ from torch import nn
 
 from robustkit.errors import ConfigError, RobustkitError, did_you_mean, short_repr
 from robustkit.registry import Registry
+from robustkit.training import train
 
 DEFENSES: Registry[type["Defense"]] = Registry("defense", entry_point_group="robustkit.defenses")
 
@@ -164,8 +165,6 @@ class Defense(nn.Module):
         ``options`` are those of :func:`robustkit.training.train` (epochs, lr, batch_size, seed, method, ...).
         Defenses with their own training procedure (smoothing, distillation) override this.
         """
-        from robustkit.training import train
-
         train(self, x, y, **options)
         return self
 

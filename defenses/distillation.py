@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import ConfigError
+from robustkit.training import train
 
 from .base import Defense, register_defense
 
@@ -77,8 +78,6 @@ class DefensiveDistillation(Defense):
         """Train a teacher at T (unless ``teacher`` is given, already trained at T), then the student at T on
         its soft labels. ``options`` go to :func:`robustkit.training.train` for both (epochs, lr, seed, ...);
         the teacher and the student both start from fresh random weights of the student's architecture."""
-        from robustkit.training import train
-
         for key in ("method", "temperature"):
             if key in options:
                 raise ConfigError(f"{self.who}: fit sets {key} itself (standard training at the defense's temperature)")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from robustkit.attacks.bpda import bpda
 from robustkit.errors import ConfigError
+from robustkit.training import train
 
 from .base import Defense, register_defense
 
@@ -103,8 +104,6 @@ class Ensemble(Defense):
     def fit(self, x: torch.Tensor, y: torch.Tensor, **options: Any) -> "Ensemble":
         """Train each member on its own (seed ``seed + i`` for member i, so members differ), as deep ensembles
         are trained; ``options`` go to :func:`robustkit.training.train` (method, epochs, eps, ...)."""
-        from robustkit.training import train
-
         seed = options.pop("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"{self.who}: seed: expected an integer, got {seed!r}")

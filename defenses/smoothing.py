@@ -28,9 +28,9 @@ from typing import Any, ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
-from robustkit.attacks import eval_mode
 from robustkit.errors import ConfigError
-from robustkit.predict import model_device
+from robustkit.predict import eval_mode, model_device
+from robustkit.training import train
 
 from .base import Defense, register_defense
 from .certification import (DEFAULT_RADII, CertifyResult, abstaining_prediction, certified_accuracy,
@@ -145,8 +145,6 @@ class RandomizedSmoothing(Defense):
     # ----------------------------------------------------------------------------------- training
     def fit(self, x: torch.Tensor, y: torch.Tensor, **options: Any) -> "RandomizedSmoothing":
         """Gaussian-noise augmentation training of the base model with this defense's ``sigma``."""
-        from robustkit.training import train
-
         if options.get("method", "noise") != "noise" or "sigma" in options:
             raise ConfigError(f"{self.who}: fit trains with Gaussian noise at the defense's sigma; "
                               f"do not pass method or sigma")

@@ -2,7 +2,7 @@
 
 A deterministic model is asked once. A randomized model (one that declares ``randomized = True``, like a
 noise-injection defense, or one whose repeated forward passes were seen to disagree -- see
-:mod:`robustkit.attacks.eot`) is asked ``n_passes`` times, and its prediction is the label that a strict
+:mod:`robustkit.randomness`) is asked ``n_passes`` times, and its prediction is the label that a strict
 MAJORITY of the passes return. When no label gets more than half of the passes the prediction is
 :data:`NO_MAJORITY` (-1), which equals no class: such an input is counted as misclassified (not robust) and
 as not reaching any target. So "robust" means exactly "most passes predict the true label" -- a plurality
@@ -11,20 +11,20 @@ a 5/5 tie would be decided by label order), and it would let a lucky noise draw 
 """
 from __future__ import annotations
 
-import weakref
+import contextlib
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from robustkit.errors import RobustkitError
+# declared_randomized / detected_randomized / is_randomized are also importable from here: whether a model
+# is random decides how its verdict is reached (they live in robustkit.randomness, below this module)
+from robustkit.randomness import (declared_randomized, detected_randomized, is_randomized,  # noqa: F401
+                                  refresh_randomized)
 
 DEFAULT_VOTE_PASSES = 10
 NO_MAJORITY = -1
-
-# What robustkit.attacks.eot detected per model ("repeated passes disagree"), held by weak reference so
-# that the cache neither keeps a model alive nor writes anything onto the user's module.
-_DETECTED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
-
 
 
 class NonFiniteOutputError(RobustkitError):
@@ -55,44 +55,21 @@ def model_device(model: nn.Module) -> torch.device:
         return t.device
     return torch.device("cpu")
 
-def detected_randomized(model: nn.Module) -> bool | None:
-    """The cached detection result for ``model`` (None if it was never probed)."""
-    try:
-        return _DETECTED.get(model)
-    except TypeError:  # an unhashable module: nothing can be cached for it
-        return None
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model (all submodules) in eval mode and restore every submodule's previous state after.
 
-def remember_detection(model: nn.Module, randomized: bool) -> None:
-    """Cache a detection result for ``model`` (a no-op for modules that cannot be weakly referenced)."""
-    try:
-        _DETECTED[model] = bool(randomized)
-    except TypeError:
-        pass
-
-
-def declared_randomized(model: nn.Module) -> bool | None:
-    """What the model says about itself: True/False if declared, None if it says nothing.
-
-    The top-level module's own ``randomized`` attribute wins (so a wrapper can state ``randomized = False``,
-    e.g. because it fixes the seed); otherwise any submodule declaring ``randomized = True`` (a noise
-    layer inside a ``Sequential``) makes the whole model randomized.
+    Attacks, verdicts, training's inner attacks and certification all run the model this way (BatchNorm
+    statistics are not polluted by attack iterates; dropout is off).
     """
-    own = getattr(model, "randomized", None)
-    if own is not None:
-        return bool(own)
-    for module in model.modules():
-        if getattr(module, "randomized", None):
-            return True
-    return None
-
-
-def is_randomized(model: nn.Module) -> bool:
-    """True if the model declares that its forward pass is random, or was detected to be (and declares nothing)."""
-    declared = declared_randomized(model)
-    if declared is not None:
-        return declared
-    return bool(detected_randomized(model))
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in states:
+            m.training = was_training
 
 
 @torch.no_grad()
@@ -123,8 +100,6 @@ def _randomized_for_verdict(model: nn.Module, x: torch.Tensor) -> bool:
     cached = detected_randomized(model)
     if cached is not None:
         return bool(cached)
-    from robustkit.attacks.eot import refresh_randomized  # lazy: the attacks package imports this module
-
     return refresh_randomized(model, x)
 
 

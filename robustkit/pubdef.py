@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.attacks import eval_mode
 from robustkit.errors import ConfigError
-from robustkit.predict import model_device
+from robustkit.predict import eval_mode, model_device
 
 EMA_SMOOTHING = 0.99  # weight of the newest loss in the moving average (official default)
 

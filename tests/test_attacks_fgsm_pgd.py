@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from robustkit.attacks import build_attack
-from robustkit.attacks._steps import random_start, steepest_direction, unit_l2
-from robustkit.attacks.pgd import PGD
+from robustkit.steps import random_start, steepest_direction, unit_l2
+from robustkit.attacks.pgd import PGD, compaction_steps
 from robustkit.errors import ConfigError
 from robustkit.threat import ThreatModel, check_budget
 
@@ -104,8 +104,11 @@ def test_pgd_stops_per_sample_and_never_attacks_already_misclassified_inputs():
     assert torch.equal(res.x_adv[0], x[0])  # untouched, bit for bit
     assert res.x_adv[1:].flatten() == pytest.approx([0.63, 0.63, 0.63, 0.63], abs=1e-5)
     grad_batches = [n for n, grad in model.calls if grad]
-    assert grad_batches == [4, 4, 3, 3, 2, 2, 1, 1]  # finished samples leave the batch; no 11th step
-    assert res.info["steps_run"] == 7
+    # samples 1-4 succeed at evaluations 1, 3, 5, 7 and are frozen there; they leave the batch only at the
+    # compaction steps (1, 2, 5 for 10 steps: no host sync in between), and no 11th step is taken
+    assert compaction_steps(10) == [1, 2, 5]
+    assert grad_batches == [4, 4, 3, 3, 3, 2, 2, 2, 2, 2]
+    assert res.info["steps_run"] == 10
     assert res.info["loss_tail"] == []  # nothing left unbroken
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import robustkit.defenses as defenses
 from robustkit.defenses import DEFENSES, Defense, build_defense, check_defense_spec, register_defense
 from robustkit.errors import ConfigError, RobustkitError
-from robustkit.attacks.eot import refresh_randomized
+from robustkit.randomness import refresh_randomized
 from robustkit.predict import is_randomized
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -20,7 +20,7 @@ from torch import nn
 
 from robustkit.attacks import Attack, build_attack
 from robustkit.attacks.bpda import BPDA, NonDifferentiableModelError, bpda, bpda_parts, uses_bpda
-from robustkit.attacks.eot import detect_randomized, refresh_randomized
+from robustkit.randomness import detect_randomized, refresh_randomized
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.predict import NO_MAJORITY, declared_randomized, detected_randomized, is_randomized, predict
 from robustkit.threat import ThreatModel

@@ -1,7 +1,7 @@
 """``robustkit train``: train a zoo architecture (standard, noise, PGD, FGSM-RS, TRADES or distillation) and
 write a safetensors checkpoint with its model card, ready for ``robustkit eval --model OUT/NAME.yaml``.
 
-A thin layer over :func:`robustkit.training.train_zoo_entry`; every setting is a flag, validated before any
+A thin layer over :func:`robustkit.zoo_training.train_zoo_entry`; every setting is a flag, validated before any
 data is read, and deterministic under ``--seed``. Per-epoch progress goes to stderr, the card path to stdout.
 """
 from __future__ import annotations
@@ -11,11 +11,14 @@ from typing import Any
 
 import click
 
+from robustkit.data import load_dataset
 from robustkit.defenses.adaptive_smoothing import train_mixing_network
 from robustkit.errors import ConfigError, RobustkitError, short_repr
-from robustkit.zoo import load_model
 from robustkit.threat import parse_eps
+from robustkit.training import AUGMENTATIONS, LR_SCHEDULES, make_config
 from robustkit.userfiles import load_yaml_text
+from robustkit.zoo import ARCHS, load_model
+from robustkit.zoo_training import train_zoo_entry
 
 CLI_METHODS = ("standard", "noise", "pgd", "fgsm", "trades", "pubdef", "distillation", "mixing-network")
 
@@ -83,8 +86,10 @@ def _normalization(text: str | None) -> Any:
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(("adam", "sgd"), case_sensitive=False), default="adam", show_default=True)
 @click.option("--lr", type=float, help="Learning rate (default 1e-3 for adam, 0.1 for sgd).")
-@click.option("--lr-schedule", type=click.Choice(("constant", "cosine", "cyclic"), case_sensitive=False),
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES, case_sensitive=False),
               default="constant", show_default=True)
+@click.option("--augment", type=click.Choice(AUGMENTATIONS, case_sensitive=False), default="none", show_default=True,
+              help="shift: random translation by -1, 0 or +1 pixel per axis.")
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--normalization", help="Input normalization inside the model: a preset (mnist, cifar10, imagenet, "
@@ -99,13 +104,9 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
           members: tuple[str, ...], weights_dir: str | None,
           eps: str | None, norm: str, steps: int | None,
           step_size: float | None, eps_warmup: int, beta: float | None, sigma: float | None, temperature: float | None, epochs: int,
-          batch_size: int, optimizer: str, lr: float | None, lr_schedule: str, momentum: float, weight_decay: float,
+          batch_size: int, optimizer: str, lr: float | None, lr_schedule: str, augment: str, momentum: float, weight_decay: float,
           normalization: str | None, seed: int, device: str, name: str | None, out: Path, quiet: bool) -> None:
     """Train a model and write OUT/NAME.safetensors, its model card OUT/NAME.yaml and OUT/NAME.train.json."""
-    from robustkit.data import load_dataset
-    from robustkit.training import train_zoo_entry
-    from robustkit.zoo import ARCHS
-
     method = method.lower()
     distill = method == "distillation"
     if name is not None and (not name.strip() or "/" in name or "\\" in name):
@@ -125,12 +126,10 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
         raise ConfigError("--arch: required (see `robustkit zoo list`)")
     else:
         ARCHS.get(arch)  # unknown architecture: one line with the known names, before any data is read
-    from robustkit.training import make_config
-
     options: dict[str, Any] = {
         "method": {"distillation": "standard", "mixing-network": "pgd"}.get(method, method), "epochs": epochs, "batch_size": batch_size,
         "optimizer": optimizer.lower(), "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-        "lr_schedule": lr_schedule.lower(), "seed": seed,
+        "lr_schedule": lr_schedule.lower(), "augment": augment.lower(), "seed": seed,
     }
     if surrogates and method != "pubdef":
         raise ConfigError(f"--surrogate: only for --method pubdef, not {method}")

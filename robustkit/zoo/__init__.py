@@ -16,7 +16,7 @@ from __future__ import annotations
 # architecture modules register themselves on import
 from . import archs_cifar_resnet, archs_robustbench, archs_small  # noqa: F401
 from .arch_registry import ARCHS, build_arch, create_model, register_model
-from .cards import CARD_KEYS, CheckpointSpec, ModelCard, parse_card, read_card_file
+from .cards import CARD_KEYS, CheckpointSpec, ModelCard, parse_card, read_card_file, write_card
 from .catalog import ZooEntry, builtin_cards_dir, collect_cards, find_card, list_entries
 from .checkpoint import extract_state_dict, load_into, load_state_dict, read_checkpoint, save_safetensors, sha256_file
 from .digits_zoo import DIGITS_MODEL_NAMES, ensure_digits_zoo
@@ -30,5 +30,5 @@ __all__ = [
     "ZooEntry", "build_arch", "builtin_cards_dir", "cache_root", "checkpoint_status", "collect_cards", "create_model",
     "ensure_digits_zoo", "extract_state_dict", "find_card", "list_entries", "load_into", "load_model",
     "load_state_dict", "locate_checkpoint", "model_info", "parse_card", "read_card_file", "read_checkpoint",
-    "register_model", "resolve_card", "save_safetensors", "sha256_file", "with_normalization",
+    "register_model", "resolve_card", "save_safetensors", "sha256_file", "with_normalization", "write_card",
 ]

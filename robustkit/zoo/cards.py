@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+import torch
+import yaml
 
-from robustkit.errors import ConfigError, check_keys, unknown_name, short_repr
+from robustkit.errors import ConfigError, check_keys, short_repr, unknown_name
+from robustkit.outputs import output_dir, write_text
 from robustkit.threat import canonical_norm, parse_eps
 from robustkit.userfiles import read_yaml_file
 
 from .arch_registry import ARCHS
+from .checkpoint import save_safetensors, sha256_file
 from .normalize import parse_normalization
 
 CARD_KEYS = ("name", "arch", "arch_kwargs", "num_classes", "dataset", "normalization", "checkpoint",
@@ -204,3 +208,23 @@ def read_card_file(path: str | Path) -> ModelCard:
         raise ConfigError(f"{origin}: expected a .yaml, .yml or .json file")
     data = read_yaml_file(p, origin)  # bounded: size and expanded aliases (robustkit.userfiles)
     return parse_card(data, origin=origin, base_dir=p.parent.resolve(), path=p.resolve())
+
+
+def write_card(folder: str | Path, card: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *,
+               metadata: dict[str, str] | None = None) -> tuple[Path, Path, dict[str, Any]]:
+    """Write a zoo entry: ``<name>.safetensors`` and the card ``<name>.yaml`` that names it (path + sha256).
+
+    The one writer of model cards (``robustkit train`` and the digits quickstart zoo both use it). ``card``
+    holds every field but ``checkpoint``, which is filled in here; the card is validated exactly as a reader
+    validates it (:func:`parse_card`) before it is written, so a card robustkit writes always loads. Keys are
+    written in :data:`CARD_KEYS` order. Returns (card path, weights path, the card as written).
+    """
+    folder = output_dir(folder)
+    name = str(card["name"])
+    weights = save_safetensors(state_dict, folder / f"{name}.safetensors", metadata=metadata)
+    full = {**card, "checkpoint": {"path": weights.name, "sha256": sha256_file(weights)}}
+    written = {key: full[key] for key in CARD_KEYS if key in full}
+    card_path = folder / f"{name}.yaml"
+    parse_card(written, origin=f"model card {card_path}", base_dir=folder.resolve(), path=card_path.resolve())
+    write_text(card_path, yaml.safe_dump(written, sort_keys=False))
+    return card_path, weights, written

@@ -16,6 +16,7 @@ from typing import Iterable
 from robustkit.errors import ConfigError, RobustkitError, unknown_name
 
 from .cards import CARD_SUFFIXES, ModelCard, parse_card, read_card_file
+from .digits_zoo import DIGITS_MODEL_NAMES, digits_zoo_dir, ensure_digits_zoo, is_complete, placeholder_cards
 from .weights import checkpoint_status
 
 
@@ -62,8 +63,6 @@ def _user_cards(zoo_dirs: Iterable[str | os.PathLike]) -> list[tuple[str | os.Pa
 
 def find_card(name: str, zoo_dirs: Iterable[str | os.PathLike] = ()) -> ModelCard:
     """The card called ``name``; digits quickstart names train that zoo on first use."""
-    from .digits_zoo import DIGITS_MODEL_NAMES, ensure_digits_zoo
-
     zoo_dirs = list(zoo_dirs)
     cards = collect_cards(zoo_dirs)
     key = name.lower()
@@ -104,8 +103,6 @@ def list_entries(zoo_dirs: Iterable[str | os.PathLike] = (), *, weights_dir: str
 
 
 def _digits_entries() -> list[ZooEntry]:
-    from .digits_zoo import digits_zoo_dir, is_complete, placeholder_cards
-
     folder = digits_zoo_dir()
     if is_complete(folder):
         return [ZooEntry(c, checkpoint_status(c), "digits") for c in read_zoo_dir(folder)]

@@ -1,4 +1,5 @@
-"""Norm geometry shared by gradient attacks: steepest-ascent directions and random starts.
+"""Norm geometry shared by gradient attacks and adversarial training: steepest-ascent directions and
+random starts.
 
 Every function works on a batch (NCHW or any (n, ...) shape) with a per-sample ``eps`` of shape (n,), so that
 one call serves a whole batch whose samples have different budgets. They never loop over samples and never

@@ -1,27 +1,74 @@
-"""EOT (Expectation over Transformation) support: finding out whether a model is randomized.
+"""Whether a model is randomized: what it declares, what was detected, and the detection itself.
 
 A randomized defense (noise injection, random resizing, stochastic activations) makes a single-sample
 gradient a poor, sometimes useless, estimate of the direction that fools it on average; attacks must
-average gradients over several forward passes (Athalye et al., 2018) and the final verdict must come from
-several passes too (:func:`robustkit.predict.predict`). Both happen only if robustkit knows the model is
-random. Models may say so (``randomized = True`` on the model or any submodule), but a defense author
-can forget -- so the attack base also *detects* randomness: two forward passes on a small probe batch that
-disagree beyond float noise mean the model is random. Detection runs once per model per attack call
-(:func:`refresh_randomized`, a handful of samples, negligible next to the attack) and its result is cached
-per module (by weak reference; nothing is written onto the model), where
-:func:`robustkit.predict.is_randomized` reads it; :func:`robustkit.predict.predict` probes a model it has
-no answer for yet, so clean predictions made before any attack agree too.
+average gradients over several forward passes (Expectation over Transformation, Athalye et al., 2018) and
+the final verdict must come from several passes too (:func:`robustkit.predict.predict`). Both happen only if
+robustkit knows the model is random. Models may say so (``randomized = True`` on the model or any
+submodule), but a defense author can forget -- so robustkit also *detects* randomness: two forward passes on
+a small probe batch that disagree beyond float noise mean the model is random. Detection runs once per model
+per attack call (:func:`refresh_randomized`, a handful of samples, negligible next to the attack) and its
+result is cached per module (by weak reference; nothing is written onto the model), where
+:func:`is_randomized` reads it; :func:`robustkit.predict.predict` probes a model it has no answer for yet, so
+clean predictions made before any attack agree too.
 
 Detection is a safety net, not a proof: randomness that shows only on some inputs, or only rarely, can
 escape a two-pass probe. Defenses should declare ``randomized = True``; an explicit ``randomized = False``
 on the top-level model switches detection off (e.g. for a model with benign float non-determinism).
+
+This module sits below both :mod:`robustkit.predict` and the attack plugins, which both need it.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
 
-from robustkit.predict import declared_randomized, detected_randomized, remember_detection
+# What detection found per model ("repeated passes disagree"), held by weak reference so
+# that the cache neither keeps a model alive nor writes anything onto the user's module.
+_DETECTED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def detected_randomized(model: nn.Module) -> bool | None:
+    """The cached detection result for ``model`` (None if it was never probed)."""
+    try:
+        return _DETECTED.get(model)
+    except TypeError:  # an unhashable module: nothing can be cached for it
+        return None
+
+
+def remember_detection(model: nn.Module, randomized: bool) -> None:
+    """Cache a detection result for ``model`` (a no-op for modules that cannot be weakly referenced)."""
+    try:
+        _DETECTED[model] = bool(randomized)
+    except TypeError:
+        pass
+
+
+def declared_randomized(model: nn.Module) -> bool | None:
+    """What the model says about itself: True/False if declared, None if it says nothing.
+
+    The top-level module's own ``randomized`` attribute wins (so a wrapper can state ``randomized = False``,
+    e.g. because it fixes the seed); otherwise any submodule declaring ``randomized = True`` (a noise
+    layer inside a ``Sequential``) makes the whole model randomized.
+    """
+    own = getattr(model, "randomized", None)
+    if own is not None:
+        return bool(own)
+    for module in model.modules():
+        if getattr(module, "randomized", None):
+            return True
+    return None
+
+
+def is_randomized(model: nn.Module) -> bool:
+    """True if the model declares that its forward pass is random, or was detected to be (and declares nothing)."""
+    declared = declared_randomized(model)
+    if declared is not None:
+        return declared
+    return bool(detected_randomized(model))
+
 
 PROBE_SAMPLES = 8
 DETECT_PASSES = 2
@@ -60,7 +107,7 @@ def refresh_randomized(model: nn.Module, x: torch.Tensor) -> bool:
 
     A declaration (``randomized = True/False``) is trusted and costs nothing; a model that declares nothing
     is probed with :func:`detect_randomized` on the first samples of ``x``. The result is cached for the
-    module (by weak reference, :func:`robustkit.predict.remember_detection`) so that ``eot_samples`` and
+    module (by weak reference, :func:`remember_detection`) so that ``eot_samples`` and
     ``predict`` inside the same call agree without probing again.
     """
     declared = declared_randomized(model)
