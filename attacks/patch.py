@@ -22,9 +22,9 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 from robustkit.patch import mask_corners, square_masks
+from robustkit.steps import uniform_noise
 from robustkit.threat import ThreatModel
 
-from ._steps import uniform_noise
 from ._universal import UniversalAttack
 from .losses import get_loss
 from .base import register_attack

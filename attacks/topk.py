@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from robustkit.errors import ConfigError, RobustkitError
+from robustkit.steps import per_sample, steepest_direction
 from robustkit.threat import project
 
-from ._steps import per_sample, steepest_direction
 from .base import Attack, register_attack
 
 METHODS = ("quad", "cw")

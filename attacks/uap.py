@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import ConfigError
+from robustkit.steps import steepest_direction
 from robustkit.threat import ThreatModel
 
-from ._steps import steepest_direction
 from ._universal import UniversalAttack
 from .base import register_attack
 
