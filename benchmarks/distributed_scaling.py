@@ -66,7 +66,8 @@ def run(label: str, launcher: list[str], config: Path, out: Path, n: int) -> dic
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = launcher + ["eval", "--config", str(config), "--out", str(out), "--n-examples", str(n), "--quiet"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # cwd: the output folder, not the source checkout (python -m would import its robustkit/ without the plugins)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"{label} failed:\n{proc.stderr[-3000:]}")

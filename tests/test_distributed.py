@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,9 @@ CONFIG = Path(__file__).parent / "configs" / "mnist-linf.yaml"
 ARGS = ["--n-examples", "48", "--checks", "off", "--quiet"]
 VOLATILE = ["seconds", "run_id"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# Not the source checkout: ``python -m`` puts the working folder first on sys.path, and the checkout's
+# robustkit/ folder lacks the robustkit.attacks / robustkit.defenses plugin packages of an installed copy.
+CWD = tempfile.gettempdir()
 
 
 def free_port() -> int:
@@ -83,7 +87,7 @@ def test_torchrun_matches_one_process(reference, tmp_path, world_size):
     cfg, ref = reference
     out = tmp_path / f"w{world_size}"
     cmd = torchrun("--standalone", f"--nproc-per-node={world_size}") + ["--config", str(cfg), "--out", str(out), *ARGS]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=CWD, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("| rank | model |") == 1  # only rank 0 prints the leaderboard
     assert_same_results(out, ref)
@@ -99,12 +103,12 @@ def test_workers_option_starts_torchrun_and_a_rerun_reuses_everything(reference,
     cfg, ref = reference
     out = tmp_path / "workers2"
     cmd = [sys.executable, "-m", "robustkit", "eval", "--config", str(cfg), "--out", str(out), *ARGS]
-    proc = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True, env=ENV, cwd=CWD, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("| rank | model |")
     assert "(36 batches computed, 0 reused)" in proc.stderr
     assert_same_results(out, ref)
-    again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=CWD, timeout=600)
     assert again.returncode == 0 and "(0 batches computed, 36 reused)" in again.stderr, again.stderr[-2000:]
 
 
@@ -117,7 +121,7 @@ def test_two_nodes_with_the_c10d_rendezvous(reference, tmp_path):
                                        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                                        "--rdzv-id=robustkit-test")
                               + ["--config", str(cfg), "--out", str(out), *ARGS],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=CWD)
              for node in (0, 1)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outputs]
@@ -146,7 +150,7 @@ def _rank_pids(parent: int) -> dict[int, int]:
 
 def _kill_rank_midway(cmd: list[str], out: Path, rank: int = 1) -> subprocess.CompletedProcess:
     """Start ``cmd`` (torchrun), SIGKILL worker ``rank`` once a few batches are stored, wait for torchrun."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=CWD)
     shard = out / "shards" / f"rank-{rank}.sqlite"
     deadline = time.monotonic() + 300
     try:
@@ -182,7 +186,7 @@ def test_sigkill_one_rank_then_the_same_command_resumes_with_nothing_lost(slow_r
     assert killed.returncode != 0  # torchrun stopped the job
     stored = n_batches(out / "results.sqlite") + sum(n_batches(s) for s in (out / "shards").glob("rank-*.sqlite"))
     assert 3 <= stored < 108
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=CWD, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_results(out, ref)
     with sqlite3.connect(out / "results.sqlite") as c:
@@ -208,7 +212,7 @@ def test_unreachable_rendezvous_is_one_line_naming_the_endpoint(reference, tmp_p
     port = free_port()
     cmd = [sys.executable, "-m", "robustkit", "eval", "--config", str(cfg), "--out", str(tmp_path / "x"), *ARGS,
            "--workers", "1", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-timeout", "3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=CWD, timeout=300)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot reach the rendezvous at 127.0.0.1:{port}"), proc.stderr[-2000:]
