@@ -20,15 +20,7 @@ from robustkit.threat import ThreatModel
 INSTALL_HINT = re.escape("pip install pyautoattack")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run single-threaded. AutoAttack is thousands of small forward/backward passes; on a shared 2-core
-    machine two intra-op threads made a LeNet5 pass on 24 images 28x slower (0.23 s vs 0.008 s measured),
-    because every op waits for the other thread to be scheduled."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -31,15 +31,7 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded: thousands of tiny LeNet5 passes, which two intra-op threads on a shared 2-core machine
-    make several times slower (see tests/test_attacks_autoattack.py). Module scope, so that it is in place
-    before the module-scoped attack runs below."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------- tiny model

@@ -36,13 +36,7 @@ def _is_bool_index(index) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These batches are tiny: extra intra-op threads only spin-wait (badly, on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class SyncCounter(list):

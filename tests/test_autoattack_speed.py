@@ -23,12 +23,7 @@ from robustkit.threat import ThreatModel
 pyautoattack = pytest.importorskip("pyautoattack")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -21,14 +21,7 @@ EPS = [0.05, 0.1]
 PGD = {"name": "pgd", "steps": 20, "step_size": 0.01, "random_start": True}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded: these are many tiny LeNet5 passes, which two intra-op threads on a shared 2-core
-    machine make many times slower (see tests/test_attacks_autoattack.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------- parsing

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from robustkit.corruptions import mce, mean_accuracy
-from robustkit.outputs import write_text, write_with
+from robustkit.figures import save_png
+from robustkit.outputs import write_text
 from robustkit.stats import clopper_pearson_percent
 from robustkit.subgroups import subgroup_metrics
 
@@ -202,19 +204,13 @@ def write_sections(out: Path, tables: dict[str, pd.DataFrame], summary: pd.DataF
     return text
 
 
-def corruption_plot(table: pd.DataFrame, path: Path) -> Path | None:
+def corruption_plot(table: pd.DataFrame, path: Path) -> Path:
     """Accuracy vs severity, one panel per corruption, one line per model (with 95% intervals)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001 - a broken matplotlib loses the figure, never the CSV
-        return None
     names = list(dict.fromkeys(table["corruption"]))
     cols = min(5, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharey=True)
+    fig = Figure(figsize=(2.6 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     for ax, name in zip(axes.flat, names):
         for model, frame in table[table["corruption"] == name].groupby("model", sort=False):
             frame = frame.sort_values("severity")
@@ -228,9 +224,4 @@ def corruption_plot(table: pd.DataFrame, path: Path) -> Path | None:
     axes[0][0].legend(fontsize=6)
     fig.supxlabel("severity", fontsize=8)
     fig.supylabel("accuracy %", fontsize=8)
-    fig.tight_layout()
-    try:
-        write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)

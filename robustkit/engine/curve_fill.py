@@ -31,12 +31,14 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from robustkit.attacks import Attack, build_attack, eval_mode
 from robustkit.curves import full_robust_accuracy_curve, robust_accuracy_curve
 from robustkit.identity import batch_seed
 from robustkit.errors import ConfigError, RobustkitError, check_keys, short_repr
-from robustkit.outputs import output_dir, write_text, write_with
+from robustkit.figures import save_png
+from robustkit.outputs import output_dir, write_text
 from robustkit.predict import predict
 from robustkit.threat import ThreatModel, parse_eps, validate_eps
 
@@ -218,16 +220,10 @@ def fill_curve(sweep: Sweep, per_sample: pd.DataFrame, spec: CurveSpec, out: Pat
 
 
 def plot_curve(table: pd.DataFrame, norms_by_model: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-               path: Path, title: str = "") -> Path | None:
-    """Step curve per model plus the bounded suite's points; None (and nothing written) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # optional: no matplotlib, no plot
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+               path: Path, title: str = "") -> Path:
+    """Step curve per model plus the bounded suite's points."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     upper = float(table["eps"].max()) if len(table) else 1.0
     for name, (correct, norms) in norms_by_model.items():
         steps = full_robust_accuracy_curve(correct, norms)
@@ -250,9 +246,4 @@ def plot_curve(table: pd.DataFrame, norms_by_model: Mapping[str, tuple[torch.Ten
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    try:
-        write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

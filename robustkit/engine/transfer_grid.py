@@ -24,11 +24,13 @@ from typing import Any
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.attacks.transfer import TransferGridAttack
-from robustkit.outputs import output_dir, write_text, write_with
+from robustkit.figures import save_png
+from robustkit.outputs import output_dir, write_text
 from robustkit.threat import ThreatModel
 
 from robustkit import identity
@@ -145,18 +147,12 @@ def append_to_report(out: Path, table: pd.DataFrame, figure: Path | None) -> Non
 
 def write_heatmap(table: pd.DataFrame, path: Path) -> Path | None:
     """One heatmap per (model, eps): surrogates (rows) x attacks (columns), robust accuracy in %."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001 - a broken matplotlib loses the figure, never the CSV
-        return None
     cells = table[table["surrogate"] != WORST]
     groups = list(cells.groupby(["model", "eps"], sort=False))
     if not groups:
         return None
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(groups), 3.6))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, ((model, eps), frame) in zip(axes[0], groups):
         grid = frame.pivot(index="surrogate", columns="attack", values="robust_acc")
         grid = grid.reindex(index=list(dict.fromkeys(frame["surrogate"])), columns=list(dict.fromkeys(frame["attack"])))
@@ -165,12 +161,8 @@ def write_heatmap(table: pd.DataFrame, path: Path) -> Path | None:
         ax.set_yticks(range(grid.shape[0]), grid.index)
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
-                ax.text(j, i, f"{grid.iat[i, j]:.0f}", ha="center", va="center", color="white")
+                ax.text(j, i, f"{grid.iat[i, j]:.0f}", ha="center", va="center",
+                        color="black" if grid.iat[i, j] > 60 else "white")  # readable on viridis' yellow
         worst = table[(table["model"] == model) & (table["eps"] == eps) & (table["surrogate"] == WORST)]
         ax.set_title(f"{model}, eps {eps:.4g}\nworst case {float(worst['robust_acc'].iloc[0]):.1f}%", fontsize=9)
-    fig.tight_layout()
-    try:
-        write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
