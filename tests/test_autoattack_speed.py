@@ -16,7 +16,8 @@ from torch import nn
 import robustkit
 from robustkit.attacks import _aa_official, _apgd_native, build_attack
 from robustkit.attacks.autoattack import AutoAttack
-from robustkit.engine.store import _SCHEMA, ResultStore
+from robustkit.engine.store import ResultStore
+from robustkit.engine.store_schema import _SCHEMA
 from robustkit.passes import PassCounter
 from robustkit.threat import ThreatModel
 
