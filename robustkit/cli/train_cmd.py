@@ -15,7 +15,7 @@ from robustkit.data import load_dataset
 from robustkit.defenses.adaptive_smoothing import train_mixing_network
 from robustkit.errors import ConfigError, RobustkitError, short_repr
 from robustkit.threat import parse_eps
-from robustkit.training import AUGMENTATIONS, LR_SCHEDULES, make_config
+from robustkit.train_config import AUGMENTATIONS, LR_SCHEDULES, make_config
 from robustkit.userfiles import load_yaml_text
 from robustkit.zoo import ARCHS, load_model
 from robustkit.zoo_training import train_zoo_entry
