@@ -30,7 +30,7 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 
-from . import _apgd_native
+from . import _apgd_native, _fab_native
 from ._aa_reference import ComponentPlan
 
 INSTALL_HINT = "pip install pyautoattack (or the git install: pip install git+https://github.com/fra31/auto-attack)"
@@ -144,12 +144,14 @@ class OfficialEnsemble:
     """Runs one named component of the plan on a batch at one eps, with the official component classes.
 
     ``early_exit``: APGD-CE/-DLR/-T on Linf and L2 run with :mod:`robustkit.attacks._apgd_native` (the
-    official algorithm, dropping each sample once broken; same per-sample verdicts under the same seed).
-    FAB and Square always run the official classes.
+    official algorithm, dropping each sample once broken, and, on a ``deterministic`` model, once at a
+    fixed point; same per-sample verdicts under the same seed). FAB and Square always run the official
+    classes.
     """
 
     def __init__(self, model: nn.Module, norm: str, plan: list[ComponentPlan], seed: int, device: torch.device,
-                 early_exit: bool = True, package: OfficialPackage | None = None) -> None:
+                 early_exit: bool = True, package: OfficialPackage | None = None,
+                 deterministic: bool = True) -> None:
         self.package = package or require_official()
         self._model = model
         self._norm = norm
@@ -157,6 +159,7 @@ class OfficialEnsemble:
         self._seed = int(seed)
         self._device = device
         self._early_exit = early_exit
+        self._deterministic = deterministic
         self._log = _Messages()
 
     @property
@@ -174,18 +177,33 @@ class OfficialEnsemble:
         self.package.checks.check_range_output(self._model, x, logger=self._log)
 
     def uses_native(self, name: str) -> bool:
-        return self._early_exit and self._norm in _apgd_native.NORMS and name.startswith("apgd")
+        """APGD-CE/-DLR/-T on Linf/L2 with early exit; FAB-T too on a deterministic model (its exits need one)."""
+        if not self._early_exit or self._norm not in _apgd_native.NORMS:
+            return False
+        return name.startswith("apgd") or (name == "fab-t" and self._deterministic)
 
     def run(self, name: str, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         plan = self._plan[name]
         if self.uses_native(name):
             common = dict(eps=float(eps), norm=self._norm, n_iter=plan.n_iter, n_restarts=plan.n_restarts,
-                          eot_iter=plan.eot_iter, rho=plan.rho, seed=self._seed)
+                          eot_iter=plan.eot_iter, rho=plan.rho, seed=self._seed,
+                          skip_fixed_points=self._deterministic)
+            if name == "fab-t":
+                return self._fab_t(plan, float(eps), x, y)
             if name == "apgd-t":
                 return _apgd_native.perturb_targeted(self._model, x, y, n_target_classes=plan.n_target_classes,
                                                      **common).detach()
             return _apgd_native.perturb(self._model, x, y, loss=plan.loss, **common).detach()
         return self._component(plan, float(eps)).perturb(x, y).detach()
+
+    def _fab_t(self, plan: ComponentPlan, eps: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """FAB-T with per-sample exits, calling the installed package's own projection functions."""
+        projections = importlib.import_module(f"{self.package.distribution}.fab_projections")
+        projection = projections.projection_linf if self._norm == "Linf" else projections.projection_l2
+        return _fab_native.perturb_targeted(self._model, x, y, eps=eps, norm=self._norm, projection=projection,
+                                            n_iter=plan.n_iter, n_restarts=plan.n_restarts,
+                                            n_target_classes=plan.n_target_classes, alpha_max=plan.alpha_max,
+                                            eta=plan.eta, beta=plan.beta, seed=self._seed).detach()
 
     def _component(self, plan: ComponentPlan, eps: float) -> Any:
         """A fresh official component object, set as the official constructor + ``set_version`` set it."""

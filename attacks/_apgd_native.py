@@ -16,7 +16,15 @@ eps, runs from the official package). Written from the paper and checked against
 fra31/auto-attack a392200 (``autoattack/autopgd_base.py``); ``tests/test_autoattack_speed.py`` checks the
 per-sample verdicts against the installed official package on real data.
 
-Options used only by :mod:`robustkit.attacks.autoattack_fast` (``x_init``, ``discard``) are off by default.
+**Fixed-point exit** (``skip_fixed_points``, on by default for deterministic models): a sample whose
+state can no longer change (:func:`fixed_points`: zero gradient, zero momentum, at its best point, left in
+place by the projection) is dropped too, reported robust with its best point and loss. That is what a
+model with exactly zero input gradients (a non-differentiable input quantizer, a saturated softmax) does
+in the official loop: it re-evaluates the same point for all remaining iterations. Its verdict, best point
+and best loss are those the official code returns, so this keeps everything the early exit keeps.
+
+``x_init`` (a start point instead of the random one) is used only by
+:mod:`robustkit.attacks.autoattack_fast`.
 """
 from __future__ import annotations
 
@@ -66,29 +74,53 @@ def _l2(t: torch.Tensor) -> torch.Tensor:
     return (t ** 2).view(t.shape[0], -1).sum(-1).sqrt().view(-1, *([1] * (t.dim() - 1)))
 
 
+def _project(x: torch.Tensor, z: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """The official projection of ``z`` onto the eps-ball around ``x`` intersected with [0, 1]."""
+    if norm == "Linf":
+        return torch.clamp(torch.min(torch.max(z, x - eps), x + eps), 0.0, 1.0)
+    return torch.clamp(x + _normalize(z - x, "L2") * torch.min(eps * torch.ones_like(x), _l2(z - x)), 0.0, 1.0)
+
+
 def _project_step(x: torch.Tensor, x_adv: torch.Tensor, x_new: torch.Tensor, grad2: torch.Tensor, a: float,
                   eps: float, norm: str) -> torch.Tensor:
     """The official momentum step: project the plain step, mix it with the previous move, project again."""
-    if norm == "Linf":
-        x1 = torch.clamp(torch.min(torch.max(x_new, x - eps), x + eps), 0.0, 1.0)
-        return torch.clamp(torch.min(torch.max(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), x - eps), x + eps),
-                           0.0, 1.0)
-    ones = eps * torch.ones_like(x)
-    x1 = torch.clamp(x + _normalize(x_new - x, "L2") * torch.min(ones, _l2(x_new - x)), 0.0, 1.0)
-    x1 = x_adv + (x1 - x_adv) * a + grad2 * (1 - a)
-    return torch.clamp(x + _normalize(x1 - x, "L2") * torch.min(ones, _l2(x1 - x)), 0.0, 1.0)
+    x1 = _project(x, x_new, eps, norm)
+    return _project(x, x_adv + (x1 - x_adv) * a + grad2 * (1 - a), eps, norm)
+
+
+def _all_rows(mask: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape[0], -1).all(1)
+
+
+def fixed_points(x: torch.Tensor, x_adv: torch.Tensor, x_adv_old: torch.Tensor, x_best: torch.Tensor,
+                 grad: torch.Tensor, grad_best: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Per sample, at the top of an iteration: True where no later iteration can change anything.
+
+    The conditions, all exact (bit for bit, no tolerance): the gradient about to be used is zero, the last
+    move ``x_adv - x_adv_old`` (the momentum term) is zero, the current point is the best point, the
+    gradient stored with the best point is zero, and the projection leaves the current point where it is.
+    Then the step is ``project(x_adv + step_size * 0)`` mixed with a zero momentum = ``x_adv`` (whatever
+    the step size and the momentum weight), the model is evaluated at the same point again (same logits,
+    same loss, again a zero gradient, for a deterministic model), the loss does not exceed the best loss
+    (it is the best point's own), and a checkpoint reset sends the sample to ``x_best`` = ``x_adv`` with
+    ``grad_best`` = 0: the same state. By induction every remaining iteration repeats it, so the run's
+    result for the sample (best point, best loss, robust) is already final. docs/attacks.md has the proof.
+    """
+    zero = lambda t: _all_rows(t == 0)  # noqa: E731  (NaN is not zero: a NaN gradient never freezes)
+    return (zero(grad) & zero(x_adv - x_adv_old) & zero(grad_best) & _all_rows(x_best == x_adv)
+            & _all_rows(_project(x, x_adv, eps, norm) == x_adv))
 
 
 @dataclass
 class RunResult:
     """One APGD run on a batch: per sample, whether it was broken, its adversarial point (when broken), the
-    highest-loss point reached and that loss, and the iterations it was attacked for."""
+    highest-loss point reached and that loss, and whether it left the run at a fixed point."""
 
     broken: torch.Tensor      # bool (n,)
     x_adv: torch.Tensor       # adversarial point where broken, else the clean input
     x_best: torch.Tensor      # highest-loss point (warm starts for later stages)
     loss_best: torch.Tensor   # (n,)
-    discarded: torch.Tensor   # bool (n,): dropped as hopeless (``discard``), never with the defaults
+    frozen: torch.Tensor      # bool (n,): dropped at a fixed point (robust; :func:`fixed_points`)
 
 
 def _gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor | None,
@@ -107,11 +139,11 @@ def _gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, y_target: 
 
 def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, n_iter: int,
                loss: str, eot_iter: int = 1, rho: float = 0.75, y_target: torch.Tensor | None = None,
-               x_init: torch.Tensor | None = None, discard: tuple[int, float] | None = None) -> RunResult:
+               x_init: torch.Tensor | None = None, skip_fixed_points: bool = True) -> RunResult:
     """One APGD run (the official ``attack_single_run`` for Linf/L2), dropping samples once broken.
 
-    ``discard=(iteration, threshold)``: at that iteration, samples whose best loss is still below
-    ``threshold`` are dropped as hopeless (reported robust, ``discarded`` True). Off by default.
+    ``skip_fixed_points``: also drop samples at a fixed point (module docstring). Its proof needs a
+    deterministic model; with ``eot_iter`` > 1 (a randomized model) it is off whatever is asked.
     """
     if norm not in NORMS:
         raise ValueError(f"native APGD supports {NORMS}, not {norm}")
@@ -129,7 +161,8 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     out_best = x_adv.clone()
     out_loss = torch.full((n,), -float("inf"), device=device)
     out_broken = torch.zeros(n, dtype=torch.bool, device=device)
-    out_discarded = torch.zeros(n, dtype=torch.bool, device=device)
+    out_frozen = torch.zeros(n, dtype=torch.bool, device=device)
+    skip_fixed_points = skip_fixed_points and eot_iter == 1
     live = torch.arange(n, device=device)  # original row of each row still iterated
 
     x_best = x_adv.clone()
@@ -167,9 +200,21 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             keep(~done)
         return ~done
 
+    def retire_frozen(frozen: torch.Tensor) -> None:
+        """Record the samples at a fixed point as robust with their best point and loss, and drop them."""
+        if bool(frozen.any()):
+            rows = live[frozen]
+            out_frozen[rows] = True
+            out_best[rows] = x_best[frozen]
+            out_loss[rows] = loss_best[frozen]
+            keep(~frozen)
+
     retire_broken(x_adv.detach())
 
     for i in range(n_iter):
+        if skip_fixed_points and x.shape[0]:  # before the step: a fixed point would not move, so drop it
+            with torch.no_grad():
+                retire_frozen(fixed_points(x, x_adv.detach(), x_adv_old, x_best, grad, grad_best, eps, norm))
         if x.shape[0] == 0:
             break
         with torch.no_grad():
@@ -212,18 +257,10 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                 k = max(k - size_decr, n_iter_min)
                 counter3 = 0
 
-        if discard is not None and i + 1 == discard[0] and x.shape[0]:
-            hopeless = loss_best < discard[1]
-            if bool(hopeless.any()):
-                out_discarded[live[hopeless]] = True
-                out_best[live[hopeless]] = x_best[hopeless]
-                out_loss[live[hopeless]] = loss_best[hopeless]
-                keep(~hopeless)
-
     if x.shape[0]:
         out_best[live] = x_best
         out_loss[live] = loss_best
-    return RunResult(out_broken, out_adv, out_best, out_loss, out_discarded)
+    return RunResult(out_broken, out_adv, out_best, out_loss, out_frozen)
 
 
 def _restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, runs: list[int],
@@ -246,23 +283,24 @@ def _restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, run
 
 
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, n_iter: int = 100,
-            n_restarts: int = 1, loss: str = "ce", eot_iter: int = 1, rho: float = 0.75, seed: int = 0
-            ) -> torch.Tensor:
+            n_restarts: int = 1, loss: str = "ce", eot_iter: int = 1, rho: float = 0.75, seed: int = 0,
+            skip_fixed_points: bool = True) -> torch.Tensor:
     """The official ``APGDAttack.perturb`` (untargeted CE or DLR): restarts on the still-robust samples."""
     return _restarts(model, x, y, seed, list(range(n_restarts)), lambda xs, ys, idx, k: single_run(
-        model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss=loss, eot_iter=eot_iter, rho=rho))
+        model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss=loss, eot_iter=eot_iter, rho=rho,
+        skip_fixed_points=skip_fixed_points))
 
 
 def perturb_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                      n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9, eot_iter: int = 1,
-                     rho: float = 0.75, seed: int = 0) -> torch.Tensor:
+                     rho: float = 0.75, seed: int = 0, skip_fixed_points: bool = True) -> torch.Tensor:
     """The official ``APGDAttack_targeted.perturb``: the k highest-scoring other classes in turn (each
     ``n_restarts`` times), each on the samples still robust, targeted DLR loss."""
     def run(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, target_class: int) -> RunResult:
         with torch.no_grad():
             y_target = model(xs).sort(dim=1)[1][:, -target_class]
         return single_run(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss="dlr-targeted",
-                          eot_iter=eot_iter, rho=rho, y_target=y_target)
+                          eot_iter=eot_iter, rho=rho, y_target=y_target, skip_fixed_points=skip_fixed_points)
 
     runs = [t for t in range(2, n_target_classes + 2) for _ in range(n_restarts)]
     return _restarts(model, x, y, seed, runs, run)

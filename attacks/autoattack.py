@@ -7,8 +7,10 @@ approximation with convenient defaults. Two implementations are offered:
   install (module ``autoattack``) when importable, else from ``pyautoattack`` (a dependency; its component
   files are the official ones, see :mod:`robustkit.attacks._aa_official`). With ``early_exit`` (default)
   the APGD components on Linf/L2 run robustkit's transcription of the official APGD that stops iterating a
-  sample once it is broken (:mod:`robustkit.attacks._apgd_native`): same per-sample verdicts under the same
-  seed, fewer passes. ``early_exit: false`` runs every component from the official package unchanged.
+  sample once it is broken or at a fixed point (:mod:`robustkit.attacks._apgd_native`), and FAB-T (on a
+  deterministic model) a transcription of the official FAB-T with the same two exits
+  (:mod:`robustkit.attacks._fab_native`): same per-sample verdicts under the same seed, fewer passes.
+  ``early_exit: false`` runs every component from the official package unchanged.
 * ``torchattacks``: the same ensemble built from torchattacks' APGD, APGD-T, FAB and Square with the
   reference parameters of :mod:`robustkit.attacks._aa_reference`, kept as a cross-check. Linf and L2 only.
 
@@ -117,7 +119,7 @@ class AutoAttack(Attack):
         "attacks_to_run": None,     # version custom only: list of apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square
         "seed": None,               # None: drawn from the engine's generator (0 without one)
         "implementation": "auto",   # auto (the official components) | official | torchattacks
-        "early_exit": True,         # official: APGD stops iterating a sample once broken (same verdicts)
+        "early_exit": True,         # official: APGD/FAB-T stop iterating a sample once decided (same verdicts)
     }
 
     def __init__(self, **params: Any) -> None:
@@ -144,7 +146,7 @@ class AutoAttack(Attack):
         self.use_official = self.package is not None
         # what actually runs; recorded by config() into leaderboards, provenance and job identities
         if self.package is not None:
-            self.implementation = self.package.label + (" (APGD early exit)" if self.params["early_exit"] else "")
+            self.implementation = self.package.label + (" (APGD, FAB-T early exit)" if self.params["early_exit"] else "")
         else:
             self.implementation = f"torchattacks-{_aa_torchattacks.torchattacks_version()} (reference parameters)"
 
@@ -181,10 +183,12 @@ class AutoAttack(Attack):
         seed = self.resolve_seed(generator)
         with torch.no_grad():
             n_classes = int(model(x[:1]).shape[1])
-        plan = self.plan(norm, n_classes, is_randomized(model))
+        randomized = is_randomized(model)
+        plan = self.plan(norm, n_classes, randomized)
         if self.package is not None:
             official = _aa_official.OfficialEnsemble(model, norm, plan, seed, x.device,
-                                                     early_exit=self.params["early_exit"], package=self.package)
+                                                     early_exit=self.params["early_exit"], package=self.package,
+                                                     deterministic=not randomized)
             with _isolated_rng(x.device):
                 official.sanity_checks(x, y, self.params["version"])
             run: ComponentRunner = official.run

@@ -6,8 +6,11 @@
 One process, one torch thread, the same images and one batch per model for all three. "official" is the
 official ``AutoAttack(...).run_standard_evaluation`` (version standard, seed 0) of the installed official
 package (the git install if importable, else pyautoattack); "autoattack" and "autoattack-fast" are
-robustkit's attacks called directly (seed 0). Passes are forward + backward sample-passes of the evaluated
-model (:class:`robustkit.passes.PassCounter`), per image. ``verdicts≠`` counts the images whose robust/broken
+robustkit's attacks called directly (seed 0). Each run is timed twice: wall seconds (``time.perf_counter``)
+and the CPU seconds of this process (``time.process_time``; with one torch thread that is the work done,
+nearly unaffected by other processes competing for the cores, which wall seconds are not). The goals are
+judged on the CPU-time ratio. Passes are forward + backward sample-passes of the evaluated model
+(:class:`robustkit.passes.PassCounter`), per image. ``verdicts≠`` counts the images whose robust/broken
 verdict differs from the official one. Models and eps:
 
 * MNIST (images 5000..5000+n of the test set): advertorch's LeNet5, standard (Linf 0.1) and PGD-trained
@@ -107,14 +110,15 @@ def run_official(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         return adversary.run_standard_evaluation(x, y, batch_size=x.shape[0])[0]  # (x_adv, y_adv)
 
 
-def measure(fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """(robust flags, seconds, passes per image) of one attack run."""
+def measure(fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+            ) -> tuple[torch.Tensor, float, float, float]:
+    """(robust flags, wall seconds, CPU seconds of this process, passes per image) of one attack run."""
     with PassCounter(model) as counter:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x_adv = fn()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     robust = predict(model, x_adv) == y
-    return robust, seconds, counter.total / x.shape[0]
+    return robust, seconds, cpu, counter.total / x.shape[0]
 
 
 def main() -> None:
@@ -128,11 +132,12 @@ def main() -> None:
     torch.set_num_threads(1)
     pkg = _aa_official.require_official()
     print(f"official: {pkg.label}; n = {args.n} images per model; 1 torch thread\n")
-    header = ("| model | eps | official acc % | s | passes | autoattack acc % | s | passes | verdicts≠ | "
-              "time × | passes × | fast acc % | s | passes | escalated | time × | passes × |")
+    header = ("| model | eps | n | official acc % | s | cpu s | passes | autoattack acc % | s | cpu s | passes | "
+              "verdicts≠ | time × | cpu × | passes × | fast acc % | s | cpu s | passes | escalated | time × | cpu × | "
+              "passes × |")
     print(header)
     print("|" + "|".join(["---"] * (header.count("|") - 1)) + "|", flush=True)
-    totals = np.zeros(6)
+    totals = np.zeros(9)  # wall, cpu, passes x (official, autoattack, fast); passes summed over images
     for name in args.models:
         dataset, eps = MODELS[name]
         model = build_model(name, args.shared, args.cache)
@@ -150,17 +155,21 @@ def main() -> None:
             return res.x_adv
 
         fast = measure(fast_run, model, x, y)
-        totals += [off[1], off[2], std[1], std[2], fast[1], fast[2]]
+        n = x.shape[0]
+        totals += [off[1], off[2], off[3] * n, std[1], std[2], std[3] * n, fast[1], fast[2], fast[3] * n]
         acc = lambda r: 100.0 * float(r[0].float().mean())  # noqa: E731
+        cols = lambda r: f"{r[1]:.1f} | {r[2]:.1f} | {r[3]:.0f}"  # noqa: E731
+        ratios = lambda r: f"{r[1] / off[1]:.2f} | {r[2] / off[2]:.2f} | {r[3] / off[3]:.2f}"  # noqa: E731
         eps_s = f"{round(eps * 255)}/255" if dataset == "cifar10" else f"{eps:g}"
-        print(f"| {name} | {eps_s} | {acc(off):.1f} | {off[1]:.1f} | {off[2]:.0f} | {acc(std):.1f} | {std[1]:.1f} | "
-              f"{std[2]:.0f} | {int((std[0] != off[0]).sum())} | {std[1] / off[1]:.2f} | {std[2] / off[2]:.2f} | "
-              f"{acc(fast):.1f} | {fast[1]:.1f} | {fast[2]:.0f} | {fast_info['escalated']['samples']} | "
-              f"{fast[1] / off[1]:.2f} | {fast[2] / off[2]:.2f} |", flush=True)
-    o_s, o_p, s_s, s_p, f_s, f_p = totals
-    print(f"| **total** | | | {o_s:.1f} | {o_p:.0f} | | {s_s:.1f} | {s_p:.0f} | | {s_s / o_s:.2f} | {s_p / o_p:.2f} | "
-          f"| {f_s:.1f} | {f_p:.0f} | | {f_s / o_s:.2f} | {f_p / o_p:.2f} |")
-    print("\npasses: forward + backward sample-passes per image; time ×, passes ×: ratio to official")
+        print(f"| {name} | {eps_s} | {n} | {acc(off):.1f} | {cols(off)} | {acc(std):.1f} | {cols(std)} | "
+              f"{int((std[0] != off[0]).sum())} | {ratios(std)} | {acc(fast):.1f} | {cols(fast)} | "
+              f"{fast_info['escalated']['samples']} | {ratios(fast)} |", flush=True)
+    o, s, f = totals[:3], totals[3:6], totals[6:]
+    sums = lambda t: f"{t[0]:.1f} | {t[1]:.1f} | {t[2]:.0f}"  # noqa: E731
+    ratio = lambda t: " | ".join(f"{t[k] / o[k]:.2f}" for k in range(3))  # noqa: E731
+    print(f"| **total** | | | | {sums(o)} | | {sums(s)} | | {ratio(s)} | | {sums(f)} | | {ratio(f)} |")
+    print("\ns: wall seconds; cpu s: CPU seconds of this process; passes: forward + backward sample-passes per "
+          "image (total row: summed over all images); time ×, cpu ×, passes ×: ratio to official")
 
 
 if __name__ == "__main__":

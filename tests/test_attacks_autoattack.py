@@ -341,7 +341,7 @@ def test_early_exit_runs_apgd_natively_and_the_rest_from_the_official_classes(mo
     model = tiny_model()
     x, y = tiny_batch(model, 6)
     attack = AutoAttack(version="custom", attacks_to_run=["apgd-ce", "square"], seed=1)
-    assert attack.implementation == "pyautoattack-0.0-test (APGD early exit)"
+    assert attack.implementation == "pyautoattack-0.0-test (APGD, FAB-T early exit)"
     with pytest.warns(_aa_official.OfficialAutoAttackWarning):
         result = attack(model, x, y, ThreatModel("Linf", 0.5))
     assert not [e for e in log if e[0] == "run" and e[1].startswith("apgd")]

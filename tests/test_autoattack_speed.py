@@ -1,5 +1,6 @@
-"""Pass counting, the official components (pyautoattack checked file by file), APGD's early exit keeping the
-official verdicts on real data, and autoattack-fast's escalation rule."""
+"""Pass counting, the official components (pyautoattack checked file by file), APGD's and FAB-T's early and
+fixed-point exits keeping the official verdicts (zero-gradient, normal and real models), and autoattack-fast's
+escalation rule."""
 from __future__ import annotations
 
 import importlib
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 import robustkit
-from robustkit.attacks import _aa_official, _apgd_native, build_attack
+from robustkit.attacks import _aa_official, _apgd_native, _fab_native, build_attack
 from robustkit.attacks.autoattack import AutoAttack
 from robustkit.engine.store import ResultStore
 from robustkit.engine.store_schema import _SCHEMA
@@ -107,7 +108,7 @@ def test_default_autoattack_names_the_official_components_with_their_version():
     attack = build_attack({"name": "autoattack"})
     pkg = _aa_official.load_official()
     assert attack.use_official and pkg is not None
-    assert attack.config()["implementation"] == f"{pkg.label} (APGD early exit)"
+    assert attack.config()["implementation"] == f"{pkg.label} (APGD, FAB-T early exit)"
     assert pkg.label in ("pyautoattack-" + importlib.metadata.version("pyautoattack"), "autoattack-0.1")
     assert build_attack({"name": "autoattack", "early_exit": False}).implementation == pkg.label
     assert build_attack({"name": "autoattack", "implementation": "torchattacks"}).implementation.startswith(
@@ -141,6 +142,153 @@ def test_early_exit_apgd_keeps_the_official_verdicts_on_real_data(lenet5_clean, 
     assert torch.equal(off, nat) and int(off.sum()) > 0
 
 
+class Quantize(nn.Module):
+    """A 3-bit input quantizer without BPDA: gradients are exactly zero (masking by a non-differentiable step)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 7) / 7
+
+
+def flat_and_plain_models() -> list[tuple[str, nn.Module, float, float]]:
+    """A zero-gradient model and a normal one, with Linf and L2 budgets that leave some samples robust."""
+    return [("zero-gradient", nn.Sequential(Quantize(), tiny_model()).eval(), 0.15, 1.0),
+            ("plain", tiny_model(), 0.03, 0.15)]
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_apgd_fixed_point_exit_returns_the_official_run_results(norm):
+    """Per sample, native APGD (early exit + fixed-point exit) ends where the official attack_single_run
+    ends: same verdict; for robust samples the same best point and best loss, bit for bit."""
+    pkg = _aa_official.require_official()
+    for name, model, eps_inf, eps_2 in flat_and_plain_models():
+        eps = eps_inf if norm == "Linf" else eps_2
+        x, y = tiny_batch(model, 24)
+        official = pkg.apgd.APGDAttack(model, n_iter=100, norm=norm, eps=eps, seed=0, device="cpu", loss="ce")
+        official.init_hyperparam(x)
+        torch.manual_seed(0)
+        with PassCounter(model) as off_passes:
+            x_best, acc, loss_best, _ = official.attack_single_run(x, y)
+        runs = {}
+        for skip in (True, False):
+            torch.manual_seed(0)
+            with PassCounter(model) as passes:
+                res = _apgd_native.single_run(model, x, y, eps=eps, norm=norm, n_iter=100, loss="ce",
+                                              skip_fixed_points=skip)
+            runs[skip] = (res, passes.total)
+        res, total = runs[True]
+        robust = ~res.broken
+        assert torch.equal(acc, robust), name
+        assert 0 < int(robust.sum()) < 24, name
+        assert torch.equal(x_best[robust], res.x_best[robust]) and torch.equal(loss_best[robust], res.loss_best[robust])
+        if name == "zero-gradient":
+            # Linf: every robust sample freezes at once; L2: the official L2 projection of a point already in
+            # the ball can move it by a rounding error, and such a sample keeps iterating (no tolerance)
+            assert int(res.frozen.sum()) >= (int(robust.sum()) if norm == "Linf" else 10)
+            assert total < runs[False][1] / 2 and total < off_passes.total / 2
+        else:
+            assert not bool(res.frozen.any()) and total == runs[False][1], "nothing freezes on a normal model"
+
+
+def test_fixed_points_need_every_condition_exactly():
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
+    x_adv = x + 0.05
+    zero = torch.zeros_like(x)
+    base = dict(x=x, x_adv=x_adv, x_adv_old=x_adv.clone(), x_best=x_adv.clone(), grad=zero, grad_best=zero,
+                eps=0.1, norm="Linf")
+    assert _apgd_native.fixed_points(**base).all()
+    tiny = zero.clone()
+    tiny[0, 0, 0, 0] = 1e-30                      # one denormal-sized gradient entry still moves a sign step
+    moved = x_adv.clone()
+    moved[1, 0, 3, 3] -= 1e-7                     # a nonzero momentum term
+    best = x_adv.clone()
+    best[2, 0, 5, 5] += 1e-7                      # not at the best point: a checkpoint would jump there
+    outside = x_adv.clone()
+    outside[3] = x[3] + 0.2                       # the projection would move it
+    assert _apgd_native.fixed_points(**{**base, "grad": tiny}).tolist() == [False, True, True, True]
+    assert _apgd_native.fixed_points(**{**base, "x_adv_old": moved}).tolist() == [True, False, True, True]
+    assert _apgd_native.fixed_points(**{**base, "x_best": best}).tolist() == [True, True, False, True]
+    assert _apgd_native.fixed_points(**{**base, "grad_best": tiny}).tolist() == [False, True, True, True]
+    assert _apgd_native.fixed_points(**{**base, "x_adv": outside, "x_adv_old": outside,
+                                        "x_best": outside}).tolist() == [True, True, True, False]
+    nan = zero.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert not _apgd_native.fixed_points(**{**base, "grad": nan})[0]
+
+
+def test_apgd_t_fixed_point_exit_keeps_the_official_verdicts_per_target_class():
+    """APGD-T re-draws a random start per target class on the samples still robust: frozen samples stay in
+    those draws (they are robust), so every later class sees the official random stream."""
+    pkg = _aa_official.require_official()
+    for name, model, eps, _ in flat_and_plain_models():
+        x, y = tiny_batch(model, 24)
+        official = pkg.apgd.APGDAttack_targeted(model, n_iter=100, norm="Linf", eps=eps, seed=0, device="cpu",
+                                                n_target_classes=9)
+        off = _verdicts(model, official.perturb(x, y), y)
+        with PassCounter(model) as on:
+            nat = _verdicts(model, _apgd_native.perturb_targeted(model, x, y, eps=eps, norm="Linf", seed=0), y)
+        with PassCounter(model) as off_skip:
+            _apgd_native.perturb_targeted(model, x, y, eps=eps, norm="Linf", seed=0, skip_fixed_points=False)
+        assert torch.equal(off, nat), name
+        assert 0 < int(off.sum()) < 24, name
+        if name == "zero-gradient":
+            assert on.total < off_skip.total / 10
+
+
+def _fab_t(pkg, model, x, y, eps, norm, n_restarts=1):
+    official = pkg.fab.FABAttack_PT(model, norm=norm, n_restarts=n_restarts, n_iter=100, eps=eps, seed=0,
+                                    device="cpu", n_target_classes=9)
+    official.targeted = True
+    with PassCounter(model) as off_passes:
+        off = _verdicts(model, official.perturb(x, y), y)
+    projections = importlib.import_module(f"{pkg.distribution}.fab_projections")
+    projection = projections.projection_linf if norm == "Linf" else projections.projection_l2
+    with PassCounter(model) as nat_passes:
+        nat = _verdicts(model, _fab_native.perturb_targeted(model, x, y, eps=eps, norm=norm, projection=projection,
+                                                            n_restarts=n_restarts, seed=0), y)
+    return off, nat, off_passes.total, nat_passes.total
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.05), ("L2", 0.3)])
+def test_fab_t_exits_keep_the_official_verdicts(norm, eps):
+    pkg = _aa_official.require_official()
+    flat = nn.Sequential(Quantize(), tiny_model()).eval()
+    x, y = tiny_batch(flat, 24)
+    off, nat, off_total, nat_total = _fab_t(pkg, flat, x, y, eps, norm)
+    assert torch.equal(off, nat) and not bool(off.any())
+    assert nat_total < off_total / 10, "zero gradients: every FAB-T run reaches its fixed point within a few steps"
+    if norm == "Linf":  # a random restart starts away from the clean input: some break, the rest iterate on
+        off, nat, _, _ = _fab_t(pkg, flat, x, y, 0.15, norm, n_restarts=2)
+        assert torch.equal(off, nat) and 0 < int(off.sum()) < 24
+    plain = tiny_model()
+    x, y = tiny_batch(plain, 24)
+    off, nat, off_total, nat_total = _fab_t(pkg, plain, x, y, eps, norm)
+    assert torch.equal(off, nat) and 0 < int(off.sum()) < 24
+    assert nat_total < off_total, "broken samples leave their runs"
+
+
+def test_fab_t_exits_keep_the_official_verdicts_on_real_data(lenet5_clean, mnist_test):
+    pkg = _aa_official.require_official()
+    x, y = mnist_test.x[:8], mnist_test.y[:8]
+    off, nat, off_total, nat_total = _fab_t(pkg, lenet5_clean, x, y, 0.1, "Linf")
+    assert torch.equal(off, nat) and 0 < int(off.sum()) < 8
+    assert nat_total < off_total
+
+
+def test_autoattack_on_a_zero_gradient_model_skips_the_fixed_iterations(monkeypatch):
+    """The whole standard AutoAttack with and without the exits: the same per-sample verdicts; the exits cut
+    APGD-T's and FAB-T's passes on a model whose input gradients are exactly zero."""
+    short_plan(monkeypatch, n_iter=100, n_queries=300)
+    model = nn.Sequential(Quantize(), tiny_model()).eval()
+    x, y = tiny_batch(model, 12)
+    threat = ThreatModel("Linf", 0.15)
+    fast = AutoAttack(seed=0)(model, x, y, threat)
+    full = AutoAttack(seed=0, early_exit=False)(model, x, y, threat)
+    assert torch.equal(fast.success, full.success) and 0 < int(full.success.sum()) < 12
+    for name in ("apgd-ce", "apgd-t", "fab-t"):
+        assert sum(fast.info["passes"][name]) < sum(full.info["passes"][name]) / 10, name
+    assert fast.info["passes"]["square"] == full.info["passes"]["square"]
+
+
 @pytest.mark.slow
 def test_standard_autoattack_matches_official_run_standard_evaluation(lenet5_clean, mnist_test):
     x, y = mnist_test.x[5000:5032], mnist_test.y[5000:5032]
@@ -151,13 +299,6 @@ def test_standard_autoattack_matches_official_run_standard_evaluation(lenet5_cle
 
 
 # --------------------------------------------------------------------------------- autoattack-fast escalation
-class Quantize(nn.Module):
-    """A 3-bit input quantizer without BPDA: gradients are exactly zero (masking by a non-differentiable step)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x * 7) / 7
-
-
 class _Reverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
