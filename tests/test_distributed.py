@@ -148,22 +148,30 @@ def _rank_pids(parent: int) -> dict[int, int]:
     return found
 
 
-def _kill_rank_midway(cmd: list[str], out: Path, rank: int = 1) -> subprocess.CompletedProcess:
-    """Start ``cmd`` (torchrun), SIGKILL worker ``rank`` once a few batches are stored, wait for torchrun."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=CWD)
+def _kill_rank_midway(cmd: list[str], out: Path, rank: int = 1,
+                      also: list[list[str]] = ()) -> list[subprocess.CompletedProcess]:
+    """Start ``cmd`` (torchrun) and the torchruns of the other nodes (``also``), SIGKILL worker ``rank`` once a
+    few batches are stored, wait for every torchrun."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=CWD)
+             for c in [cmd, *also]]
     shard = out / "shards" / f"rank-{rank}.sqlite"
     deadline = time.monotonic() + 300
     try:
         while n_batches(shard) < 3:
-            assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()[1][-2000:]}"
+            assert all(p.poll() is None for p in procs), f"finished before it could be killed: " \
+                f"{[p.communicate()[1][-2000:] for p in procs]}"
             assert time.monotonic() < deadline, "no batches were committed in time"
             time.sleep(0.05)
-        os.kill(_rank_pids(proc.pid)[rank], signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=300)
+        workers = {}
+        for p in procs:
+            workers.update(_rank_pids(p.pid))
+        os.kill(workers[rank], signal.SIGKILL)
+        outputs = [p.communicate(timeout=300) for p in procs]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outputs)]
 
 
 @pytest.fixture(scope="module")
@@ -182,29 +190,55 @@ def test_sigkill_one_rank_then_the_same_command_resumes_with_nothing_lost(slow_r
     out = tmp_path / "killed"
     cmd = torchrun("--standalone", "--nproc-per-node=2") + ["--config", str(cfg), "--out", str(out),
                                                            "--n-examples", "144", "--checks", "off", "--quiet"]
-    killed = _kill_rank_midway(cmd, out)
+    [killed] = _kill_rank_midway(cmd, out)
     assert killed.returncode != 0  # torchrun stopped the job
     stored = n_batches(out / "results.sqlite") + sum(n_batches(s) for s in (out / "shards").glob("rank-*.sqlite"))
     assert 3 <= stored < 108
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=CWD, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_results(out, ref)
+    assert_killed_attempt_kept(out)
+
+
+def assert_killed_attempt_kept(out: Path) -> None:
+    """Every batch is stored once, and those the killed attempt committed were merged, not recomputed."""
     with sqlite3.connect(out / "results.sqlite") as c:
         assert c.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 108
-        # the batches of the killed attempt were merged, not recomputed: two attempts wrote batches
-        assert c.execute("SELECT COUNT(DISTINCT attempt) FROM batches").fetchone()[0] == 2
+        per_attempt = dict(c.execute("SELECT attempt, COUNT(*) FROM batches GROUP BY attempt").fetchall())
+    assert sorted(per_attempt) == [1, 2] and per_attempt[1] >= 3, per_attempt
 
 
-@pytest.mark.slow
 def test_max_restarts_resumes_after_a_killed_rank(slow_reference, tmp_path):
-    """Elastic: with --max-restarts 1, torchrun restarts both workers after the kill and they finish the job."""
+    """Elastic: with --max-restarts 1, torchrun restarts both workers after the kill and they finish the job.
+
+    ``--fresh`` applies to the first attempt only: the restart keeps what the killed attempt stored.
+    """
     cfg, ref = slow_reference
     out = tmp_path / "elastic"
     cmd = torchrun("--standalone", "--nproc-per-node=2", "--max-restarts=1") + [
-        "--config", str(cfg), "--out", str(out), "--n-examples", "144", "--checks", "off", "--quiet"]
-    done = _kill_rank_midway(cmd, out)
+        "--config", str(cfg), "--out", str(out), "--n-examples", "144", "--checks", "off", "--quiet", "--fresh"]
+    [done] = _kill_rank_midway(cmd, out)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "exitcode: -9" in done.stderr  # torchrun saw the kill (and restarted the workers)
     assert_same_results(out, ref)
+    assert_killed_attempt_kept(out)
+
+
+@pytest.mark.slow
+def test_max_restarts_on_two_nodes(slow_reference, tmp_path):
+    """Two torchruns on 127.0.0.1 (c10d rendezvous), --max-restarts 1, rank 1 (on node 1) killed: both nodes
+    restart their worker, and node 0 does so without counting a restart (TORCHELASTIC_RESTART_COUNT differs)."""
+    cfg, ref = slow_reference
+    out = tmp_path / "elastic-nodes"
+    port = free_port()
+    cmds = [torchrun("--nnodes=2", f"--node-rank={node}", "--nproc-per-node=1", "--max-restarts=1",
+                     "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=robustkit-elastic")
+            + ["--config", str(cfg), "--out", str(out), "--n-examples", "144", "--checks", "off", "--quiet"]
+            for node in (0, 1)]
+    done = _kill_rank_midway(cmds[0], out, also=cmds[1:])
+    assert [d.returncode for d in done] == [0, 0], [d.stderr[-2000:] for d in done]
+    assert_same_results(out, ref)
+    assert_killed_attempt_kept(out)
 
 
 def test_unreachable_rendezvous_is_one_line_naming_the_endpoint(reference, tmp_path):

@@ -19,16 +19,17 @@ import contextlib
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-from torch.distributed import distributed_c10d
 
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.outputs import write_text
 
+from .attempt_store import attempt_store
 from .plan import Work
 from .progress import SweepProgress
 from .shards import merge_shards, remove_shards, shard_path
@@ -100,24 +101,27 @@ class DistributedExecutor:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if not dist.is_initialized():
-            try:
-                dist.init_process_group(backend)
-            except Exception as exc:  # noqa: BLE001 - any failure to join is the same one-line error
-                first_line = str(exc).splitlines()[0] if str(exc) else ""
-                raise RobustkitError(f"cannot join the torch.distributed job at {endpoint} "
-                                     f"({type(exc).__name__}: {first_line})") from None
+        try:
+            base, rank, world_size = next(dist.rendezvous("env://"))
+            # Not the agent's store as it stands: it keeps an earlier attempt's keys (attempt_store explains).
+            self._store, self._generation = attempt_store(base, rank, world_size)
+            dist.init_process_group(backend, store=self._store, rank=rank, world_size=world_size)
+        except Exception as exc:  # noqa: BLE001 - any failure to join is the same one-line error
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            raise RobustkitError(f"cannot join the torch.distributed job at {endpoint} "
+                                 f"({type(exc).__name__}: {first_line})") from None
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.host = socket.gethostname()
-        self._store = distributed_c10d._get_default_store()
-        self._restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        # The first attempt of the job (only it may honour --fresh). A store that outlives the attempts (torchrun's
+        # default) counts them in the generation; a store made anew each attempt leaves only the node's restart count.
+        self.first_attempt = self._generation == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         self._round = 0
         self._progress: SharedProgress | None = None
 
     @property
     def _prefix(self) -> str:
-        return f"robustkit/{os.environ.get('TORCHELASTIC_RUN_ID', 'job')}/{self._restart}/{self._round}"
+        return f"sweep/{self._round}"  # inside this attempt's namespace (attempt_store)
 
     def _all_reach(self, name: str, wait: bool = True) -> None:
         """A barrier through the c10d store: no collective timeout, however unequal the ranks' work."""
@@ -132,7 +136,7 @@ class DistributedExecutor:
     def rank0_first(self) -> Iterator[None]:
         """Rank 0 runs the body first (e.g. loading data and models, which may download or train and cache
         them), the other ranks after it, so that they find the files complete instead of racing to write them."""
-        key = f"robustkit/{os.environ.get('TORCHELASTIC_RUN_ID', 'job')}/{self._restart}/rank0-first"
+        key = "rank0-first"
         if self.rank != 0:
             while int(self._store.add(key, 0)) < 1:
                 time.sleep(POLL_SECONDS)
@@ -145,17 +149,19 @@ class DistributedExecutor:
         the shards an earlier run left; then every rank checks that it sees the same folder."""
         self._round += 1
         out = Path(out)
-        token = out / _TOKEN.format(self._prefix.replace("/", "-"))
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            if fresh and self._restart == 0:
+            if fresh and self.first_attempt:
                 remove_store(out)
                 remove_shards(out)
             else:
                 with ResultStore.open(out) as store:
                     merge_shards(out, store)
+            token = out / _TOKEN.format(uuid.uuid4().hex)  # a name no earlier (killed) attempt can have left
             write_text(token, self.host)
+            self._store.set(f"{self._prefix}/token", token.name)
         self._all_reach("folder")
+        token = out / self._store.get(f"{self._prefix}/token").decode()
         if not token.is_file():
             raise RobustkitError(f"{out}: rank {self.rank} on {self.host} does not see the files rank 0 wrote there; "
                                  f"the output folder of a multi-node sweep must be on a filesystem every node shares")
