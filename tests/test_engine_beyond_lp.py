@@ -1,4 +1,5 @@
 """Sweeps that mix Lp attacks with corruptions, a patch and a universal perturbation (CLI end to end)."""
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,8 @@ def test_mixed_sweep_writes_a_section_per_threat_model_and_resumes(shared_dir, t
      r"threat_model\[1\].train_examples: required with a universal attack"),
     ({"threat_model": [{"norm": "Linf", "eps": 0.01}, {"name": "corruption", "corruptions": ["fgo"]}]},
      r"threat_model\[1\].corruptions: unknown corruption 'fgo'"),
-    ({"threat_model": [{"name": "corruption"}]}, r"threat_model: needs one Lp entry"),
+    ({"threat_model": []}, r"threat_model: has no threat model"),
+    ({"threat_model": [{"name": "corruption"}]}, r"attacks: only for an Lp entry of threat_model"),
 ])
 def test_bad_sections_fail_before_loading(tmp_path, change, message):
     cfg = {"dataset": "digits", "models": ["x"], "attacks": ["fgsm"], **change}
@@ -153,3 +155,116 @@ def test_fixed_and_searched_universal_patches_through_the_engine(shared_dir, tmp
     assert searched.n_examples == 6 and searched.train_split == "0..5" and searched.eval_split == "6..11"
     assert searched.acc_upatch == searched.robust_acc <= searched.clean_acc
     assert list((tmp_path / "out" / "universal").glob("*.pt"))  # the fitted patch is kept for a resume
+
+
+UAP = {"name": "uap", "epochs": 1, "batch_size": 6, "inner_iters": 1}
+
+
+@pytest.mark.parametrize("section, table", [
+    ({"name": "corruption", "corruptions": ["gaussian_noise"], "severities": [1, 5]}, "corruption.csv"),
+    ({"name": "patch", "area": [0.05], "location": "random", "attacks": [{"name": "patch", "steps": 3}]}, "patch.csv"),
+    ({"name": "universal", "eps": ["8/255"], "train_examples": 6, "attacks": [UAP]}, "universal.csv"),
+])
+def test_sweep_without_an_lp_entry(shared_dir, tmp_path, monkeypatch, section, table):
+    """Only corruptions, only a patch or only a UAP: no attacks key, no Lp rows; per_sample.csv has the section's."""
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet2b-pgd"], threat_model=[section])
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["attacks"]
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    out = tmp_path / "out"
+    rows = pd.read_csv(out / table)
+    per = pd.read_csv(out / "per_sample.csv")
+    assert set(per["threat_model"]) == {section["name"]}
+    n = 6 if section["name"] == "universal" else 12
+    assert len(per) == n * len(rows) and len(pd.read_csv(out / "leaderboard.csv")) == 0
+    assert "No Lp threat model in this sweep" in (out / "report.md").read_text()
+    verdict = "corruption_acc" if section["name"] == "corruption" else "robust_acc"
+    for _, row in rows.iterrows():  # the table is the per-sample verdicts, counted
+        level = {"corruption": per["severity"] == row.get("severity"), "patch": per["area"] == row.get("area"),
+                 "universal": per["eps"] == row.get("eps")}[section["name"]]
+        assert row[verdict] == pytest.approx(100 * per.loc[level, "robust"].mean(), abs=0.01)
+        assert row[f"{verdict}_ci_low"] <= row[verdict] <= row[f"{verdict}_ci_high"]
+    assert ((per["robust"] == 1) == (per["prediction"] == per["label"])).all()
+
+
+def test_fooling_rate_counts_every_held_out_image(shared_dir, tmp_path, monkeypatch):
+    """fooling_rate = held-out images whose prediction changes under the UAP, over all held-out images
+    (clean mistakes too), recomputed here from the fitted perturbation kept in the output folder."""
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet20"], dataset={
+        "name": "npz", "root": str(shared_dir / "data/cifar10/cifar10_test_first100_exact.npz"), "n_examples": 40},
+        batch_size=10, threat_model=[{"name": "universal", "eps": ["16/255"], "train_examples": 20,
+                                      "attacks": [{**UAP, "epochs": 2, "batch_size": 10}]}])
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["attacks"]
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    out = tmp_path / "out"
+    row = pd.read_csv(out / "universal.csv").iloc[0]
+    sweep = resolve_config(load_config(config))
+    model, x, y = sweep.models[0].model.eval(), sweep.dataset.x[20:], sweep.dataset.y[20:]
+    (payload,) = [torch.load(p, weights_only=True)["payload"] for p in (out / "universal").glob("*.pt")]
+    assert float(payload.abs().max()) <= 16 / 255 + 1e-6
+    with torch.no_grad():
+        clean, perturbed = model(x).argmax(1), model((x + payload).clamp(0, 1)).argmax(1)
+    changed = int((clean != perturbed).sum())
+    wrong_changed = int(((clean != y) & (clean != perturbed)).sum())  # what the old definition left out
+    assert row.fooling_rate == pytest.approx(100 * changed / 20, abs=0.01)
+    # robust accuracy stays as it was: correct both clean and under the perturbation
+    assert row.robust_acc == pytest.approx(100 * float(((clean == y) & (perturbed == y)).float().mean()), abs=0.01)
+    per = pd.read_csv(out / "per_sample.csv")
+    assert per["fooled"].sum() == changed and (per["prediction"] == perturbed.numpy()).all()
+    assert wrong_changed > 0 and row.fooling_rate_ci_low <= row.fooling_rate <= row.fooling_rate_ci_high
+
+
+def test_tampered_section_results_are_verified_and_recomputed(shared_dir, tmp_path, monkeypatch, capsys):
+    """Every stored corruption / patch / universal batch is verified when read: rows, budgets, and re-prediction
+    from the kept corrupted images and universal perturbation; failing batches are recomputed, the CSVs equal
+    the untouched run's."""
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet2b-pgd"], threat_model=[
+        {"name": "corruption", "corruptions": ["gaussian_noise"], "severities": [3]},
+        {"name": "patch", "area": [0.05], "location": "random", "attacks": [{"name": "patch", "steps": 3}]},
+        {"name": "universal", "eps": ["8/255"], "train_examples": 6, "attacks": [UAP]}])
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["attacks"]
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    out = tmp_path / "out"
+    names = ("corruption.csv", "patch.csv", "universal.csv", "per_sample.csv")
+    before = {name: pd.read_csv(out / name).drop(columns="seconds", errors="ignore") for name in names}
+    con = sqlite3.connect(out / "results.sqlite")
+    jobs = dict(con.execute("SELECT substr(norm, 1, instr(norm, ':') - 1), job_id FROM jobs").fetchall())
+    # corruption: a wrong verdict made right, consistently (only re-prediction can tell)
+    idx = con.execute("SELECT idx FROM samples WHERE job_id = ? AND robust = 0", (jobs["corruption"],)).fetchone()[0]
+    con.execute("UPDATE samples SET robust = 1, robust_after = '1', adv_pred = NULL, broken_by = NULL, "
+                "broken_at_eps = NULL WHERE job_id = ? AND idx = ?", (jobs["corruption"], idx))
+    # patch: a broken sample whose stored perturbation exceeds the budget
+    con.execute("UPDATE samples SET adv_norm = 3.0 WHERE job_id = ? AND idx = (SELECT MIN(idx) FROM samples "
+                "WHERE job_id = ? AND broken_by = 'patch')", (jobs["patch"], jobs["patch"]))
+    # universal: a clean mistake given another prediction under the perturbation
+    con.execute("UPDATE samples SET adv_pred = (adv_pred + 1) % 10 WHERE job_id = ? AND idx = (SELECT MIN(idx) "
+                "FROM samples WHERE job_id = ? AND clean_correct = 0)", (jobs["universal"], jobs["universal"]))
+    con.commit()
+    con.close()
+    cached = next((out / "corrupted").glob("*.npy"))
+    images = np.load(cached)
+    np.save(cached, 255 - images)
+    capsys.readouterr()
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(3 batches computed," in err
+    for kind in ("corruption gaussian_noise s3", "patch 0.05", "universal 0.0313725"):
+        assert f"recomputing 1 batch(es) of cifar10-resnet2b-pgd {kind}" in err
+    assert "is not what seed 0 gives" in err and np.array_equal(np.load(cached), images)
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(out / name).drop(columns="seconds", errors="ignore"), frame)
+    # a kept universal perturbation outside its budget is fitted again, never used
+    (payload_path,) = (out / "universal").glob("*.pt")
+    saved = torch.load(payload_path, weights_only=True)
+    torch.save({**saved, "payload": saved["payload"] + 0.5}, payload_path)
+    assert main(["eval", "--config", str(config), "--quiet"]) == 0
+    assert "its kept universal perturbation fails the budget check" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(out / "universal.csv").drop(columns="seconds"), before["universal.csv"])

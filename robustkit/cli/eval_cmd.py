@@ -63,7 +63,10 @@ def _adhoc_config(models: tuple[str, ...], dataset: str | None, root: str | None
 
 
 def _report(result: RunResult) -> None:
-    click.echo(to_markdown(result.leaderboard), nl=False)
+    if len(result.leaderboard):
+        click.echo(to_markdown(result.leaderboard), nl=False)
+    for kind, table in (result.sections or {}).items():  # the corruption / patch / universal sections
+        click.echo(f"{kind}: {len(table)} row(s) in {kind}.csv", err=True)
     files = [str(f) for f in result.files]
     listed = ", ".join(files[:-1]) + f" and {files[-1]}" if len(files) > 1 else "".join(files)
     click.echo(f"wrote {listed} ({result.batches_computed} batches computed, {result.batches_reused} reused)",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +32,23 @@ from torch import nn
 
 import robustkit
 from robustkit import identity
-from robustkit.attacks import eval_mode
+from robustkit.attacks import Attack, eval_mode
 from robustkit.corruptions import check_image_size, corrupt_images
-from robustkit.errors import ConfigError
+from robustkit.errors import BudgetViolationError, ConfigError
 from robustkit.outputs import write_bytes
 from robustkit.patch import PATCH_EPS, patch_side, positions, square_masks
 from robustkit.predict import model_device, predict
-from robustkit.threat import ThreatModel
+from robustkit.threat import RTOL, ThreatModel, check_budget
 
-from .cascade import run_cascade
+from .beyond_lp_verify import kept_payload, verify_extra_job
+from .cascade import SampleState, run_cascade
 from .progress import SweepProgress
 from .store import ResultStore
 from .sweep import Sweep
 from .threat_specs import ThreatSpec, is_universal
 
 CORRUPTED_DIR = "corrupted"
+UNIVERSAL_ROWS = "adv_pred-of-every-held-out-image"
 UNIVERSAL_DIR = "universal"
 
 
@@ -105,9 +108,43 @@ def plan_extra_jobs(sweep: Sweep, fingerprints: dict[str, dict[str, Any]]) -> li
                                                                         "n_examples": len(sweep.dataset)},
                          "section": spec.describe(), "spec_key": _spec_key(spec), "level": level,
                          "seed": int(sweep.seed), "robustkit_version": robustkit.__version__}
+                if spec.kind == "universal":  # rows of clean mistakes carry their perturbed prediction (fooling)
+                    ident["rows"] = UNIVERSAL_ROWS
                 jobs.append(ExtraJob(identity.job_id(ident), ident, entry.name, i, spec.kind, level,
                                      spec.train_examples))
     return jobs
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x * 255).round().to(torch.uint8).numpy()
+
+
+def perturbed_mistakes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack],
+                      threat: ThreatModel, state: SampleState) -> None:
+    """Give the clean mistakes of a universal batch their prediction under the perturbation(s), in ``adv_pred``.
+
+    The cascade never attacks an image the model gets wrong, but the fooling rate (Moosavi-Dezfooli et al.
+    2017) counts every held-out image whose predicted class changes. Each of the section's universal
+    perturbations is applied in order (budget-checked and re-predicted like any attack output); a mistake's
+    ``adv_pred`` becomes the first prediction that differs from its clean one (else it stays the clean one).
+    """
+    wrong = (~state.clean_correct).nonzero().squeeze(1)
+    if not wrong.numel():
+        return
+    idx = wrong.to(x.device)
+    xs, ys, sub = x[idx], y[idx], threat.subset(idx)
+    clean = state.clean_pred[wrong]
+    changed = torch.zeros(len(wrong), dtype=torch.bool)
+    for attack in attacks:
+        result = attack(model, xs, ys, sub)
+        x_adv = getattr(result, "x_adv", result).detach().to(device=xs.device, dtype=torch.float32)
+        check_budget(xs, x_adv, sub.eps, threat.norm, rtol=RTOL, who=f"attack {attack.label!r} (engine check)",
+                     mask=sub.mask, patch_side=threat.patch_side)
+        pred = predict(model, x_adv).cpu()
+        new = (pred != clean) & ~changed
+        for k in new.nonzero().squeeze(1).tolist():
+            state.adv_pred[int(wrong[k])] = int(pred[k])
+        changed |= new
 
 
 @contextlib.contextmanager
@@ -129,6 +166,7 @@ class ExtraRunner:
         self.sweep, self.store, self.out, self.run_id, self.attempt = sweep, store, Path(out), run_id, attempt
         self.device, self.batch_size, self.quiet = device, batch_size, quiet
         self.computed = self.reused = 0
+        self.bad_payloads: set[str] = set()  # jobs whose kept universal perturbation failed verification
 
     def run(self, jobs: list[ExtraJob]) -> None:
         for entry in self.sweep.models:
@@ -145,6 +183,8 @@ class ExtraRunner:
         batch_size = self.store.ensure_job(job.job_id, job.identity, model=job.model, dataset=self.sweep.dataset.name,
                                            norm=job.norm, eps=job.eps, prev_job_id=None, n_examples=n,
                                            batch_size=self.batch_size, attack_labels=spec.labels)
+        if self.store.finished_batches(job.job_id):
+            self._verify(model, job, spec, n, batch_size)
         done = self.store.finished_batches(job.job_id)
         self.reused += len(done)
         n_batches = -(-n // batch_size)
@@ -173,6 +213,49 @@ class ExtraRunner:
                 bar.update(hi - lo, sum(r[5] for r in rows))
         self.store.mark_job_finished(job.job_id)
 
+    def _verify(self, model: nn.Module, job: ExtraJob, spec: ThreatSpec, n: int, batch_size: int) -> None:
+        """Verify the job's stored batches (:mod:`robustkit.engine.beyond_lp_verify`); failing ones are dropped."""
+        recompute = None
+        if job.kind == "corruption":
+            recompute = lambda b, lo, hi: self._recheck_corruption(model, job, lo, hi)  # noqa: E731
+        elif spec.attacks and all(is_universal(a) for a in spec.attacks):
+            self._fit_universal(model, job, spec)
+            if job.job_id in self.bad_payloads:  # the verdicts came from a perturbation that is not trusted
+                self.store.drop_batches(job.job_id, list(self.store.finished_batches(job.job_id)))
+                print(f"results store: recomputing every batch of {job.model} {job.kind} {job.eps:g}: its kept "
+                      f"universal perturbation fails the budget check (fitted again)", file=sys.stderr)
+            recompute = lambda b, lo, hi: self._batch(  # noqa: E731
+                model, job, spec, lo, hi, identity.batch_seed(self.sweep.seed, job.job_id, b))[0]
+        try:
+            dropped = verify_extra_job(self.store, job.job_id, job.kind, first=job.start, n_examples=n,
+                                       batch_size=batch_size, labels=self.sweep.dataset.y.numpy(),
+                                       n_attacks=len(spec.attacks), recompute=recompute)
+        except BudgetViolationError as exc:  # a kept universal perturbation out of its budget: fit it again
+            for path in (self.out / UNIVERSAL_DIR).glob(f"{job.job_id}-*.pt"):
+                path.unlink()
+            self.store.drop_batches(job.job_id, list(self.store.finished_batches(job.job_id)))
+            dropped = [f"every batch (its kept universal perturbation fails the budget check: {exc})"]
+        if dropped:
+            what = f"{job.level[0]} s{job.level[1]}" if job.kind == "corruption" else f"{job.eps:g}"
+            print(f"results store: recomputing {len(dropped)} batch(es) of {job.model} {job.kind} {what} that failed "
+                  f"verification: {'; '.join(dropped)[:300]}", file=sys.stderr)
+
+    def _recheck_corruption(self, model: nn.Module, job: ExtraJob, lo: int, hi: int) -> list[tuple[Any, ...]]:
+        """The batch's rows again from its cached corrupted images, after checking that the cache holds what
+        the seed gives (its first image corrupted again, byte for byte; else the cache is made again)."""
+        name, severity = job.level
+        x = self.sweep.dataset.x[lo:hi]
+        path = self._corrupted_path(name, severity, lo, hi)
+        if path.is_file():
+            cached = np.load(path, allow_pickle=False)
+            again = corrupt_images(x[:1], name, severity, seed=self.sweep.seed, indices=[lo])
+            if cached.shape != tuple(x.shape) or not np.array_equal(cached[:1], _as_uint8(again)):
+                print(f"results store: {path} is not what seed {self.sweep.seed} gives for {name} s{severity}; "
+                      f"corrupting the batch again", file=sys.stderr)
+                path.unlink()
+        with torch.no_grad():
+            return self._corruption_rows(model, job, x, self.sweep.dataset.y[lo:hi].to(self.device), lo)
+
     def _batch(self, model: nn.Module, job: ExtraJob, spec: ThreatSpec, lo: int, hi: int,
                seed: int) -> tuple[list[tuple[Any, ...]], float]:
         t0 = time.perf_counter()
@@ -184,6 +267,8 @@ class ExtraRunner:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             threat = self._threat(job, spec, lo, hi)
             state = run_cascade(model, x.to(self.device), y, spec.attacks, threat, generator=generator)
+            if job.kind == "universal":
+                perturbed_mistakes(model, x.to(self.device), y, spec.attacks, threat, state)
             rows = state.rows(lo)
         return rows, time.perf_counter() - t0
 
@@ -203,19 +288,22 @@ class ExtraRunner:
 
     def _corrupted(self, x: torch.Tensor, name: str, severity: int, lo: int) -> torch.Tensor:
         """The corrupted batch, from ``<out>/corrupted/`` when an earlier job (any model) made it."""
-        key = identity.sha256_text(f"{self.sweep.dataset.content_hash}:{name}:{severity}:{self.sweep.seed}:"
-                                   f"{lo}:{lo + x.shape[0]}")[:24]
-        path = self.out / CORRUPTED_DIR / f"{key}.npy"
+        path = self._corrupted_path(name, severity, lo, lo + x.shape[0])
         if path.is_file():
             arr = np.load(path, allow_pickle=False)
             if arr.shape == tuple(x.shape):
                 return torch.from_numpy(arr).float().div(255.0)
         xc = corrupt_images(x, name, severity, seed=self.sweep.seed, indices=range(lo, lo + x.shape[0]))
         buf = io.BytesIO()
-        np.save(buf, (xc * 255).round().to(torch.uint8).numpy())
+        np.save(buf, _as_uint8(xc))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(path, buf.getvalue())
         return xc
+
+    def _corrupted_path(self, name: str, severity: int, lo: int, hi: int) -> Path:
+        key = identity.sha256_text(f"{self.sweep.dataset.content_hash}:{name}:{severity}:{self.sweep.seed}:"
+                                   f"{lo}:{hi}")[:24]
+        return self.out / CORRUPTED_DIR / f"{key}.npy"
 
     def _threat(self, job: ExtraJob, spec: ThreatSpec, lo: int, hi: int) -> ThreatModel:
         if job.kind == "universal":
@@ -239,9 +327,12 @@ class ExtraRunner:
             eps = float(threat.eps)
             path = self.out / UNIVERSAL_DIR / f"{job.job_id}-{identity.sha256_text(attack.label)[:8]}.pt"
             if path.is_file():
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                attack.restore(model, threat.norm, eps, saved["payload"].to(self.device), saved["info"])
-                continue
+                saved = kept_payload(path, attack.name, threat.norm, eps)
+                if saved is not None:
+                    attack.restore(model, threat.norm, eps, saved["payload"].to(self.device), saved["info"])
+                    continue
+                path.unlink()  # damaged or outside its budget: never used, fitted again (and its batches redone)
+                self.bad_payloads.add(job.job_id)
             generator = torch.Generator(device=self.device).manual_seed(
                 identity.batch_seed(self.sweep.seed, job.job_id, -1))
             info = attack.fit(model, self.sweep.dataset.x[:n_train], self.sweep.dataset.y[:n_train], threat,

@@ -7,7 +7,8 @@ Each section gets its own columns where Lp's eps makes no sense (docs/engine.md,
   section's baseline model (paired bootstrap intervals, :func:`robustkit.corruptions.mce`);
 * ``patch.csv``: model, location, area, side, train/eval split, clean and robust accuracy, acc_<label>;
 * ``universal.csv``: model, norm, eps, train/eval split, clean and robust accuracy and the fooling rate
-  (held-out images classified correctly clean and wrongly under the perturbation, over those correct clean).
+  (Moosavi-Dezfooli et al. 2017: held-out images whose predicted class changes under the perturbation, over
+  all held-out images, clean mistakes included; :func:`robustkit.engine.beyond_lp.perturbed_mistakes`).
 
 Every rate has its 95% Clopper-Pearson interval. When the dataset has subgroup labels, every row also
 gets worst-group accuracy and MacroStd for clean and robust accuracy (:mod:`robustkit.subgroups`).
@@ -24,6 +25,7 @@ from matplotlib.figure import Figure
 from robustkit.corruptions import mce, mean_accuracy
 from robustkit.figures import save_png
 from robustkit.outputs import write_text
+from robustkit.patch import patch_side
 from robustkit.stats import clopper_pearson_percent
 from robustkit.subgroups import subgroup_metrics
 
@@ -112,9 +114,9 @@ def section_tables(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> di
             bits = s["robust_after"].tolist()
             for j, label in enumerate(spec.labels):
                 row[f"acc_{label}"] = _pct(sum(b[j] == "1" for b in bits), n)
-            if job.kind == "universal":
-                correct = int(s["clean_correct"].sum())
-                _with_ci(row, "fooling_rate", correct - int(s["robust"].sum()), correct)
+            if job.kind == "universal":  # every held-out image whose predicted class changes, over all of them
+                fooled = int((s["adv_pred"].astype("Int64").fillna(s["clean_pred"]) != s["clean_pred"]).sum())
+                _with_ci(row, "fooling_rate", fooled, n)
             row["attacks"] = ";".join(f"{a.label}={a.config().get('implementation', 'unknown')}"
                                       for a in spec.attacks)
         row.update(subgroup_columns(s, None if groups is None else groups.numpy()))
@@ -129,6 +131,45 @@ def section_tables(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> di
             table = table.sort_values(group + ["rank", "model"], kind="mergesort").reset_index(drop=True)
         tables[kind] = table
     return tables
+
+
+def section_per_sample(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> pd.DataFrame:
+    """One per_sample.csv row per (model, section level, evaluated example), in the Lp rows' columns plus
+    :data:`SECTION_COLUMNS` (docs/engine.md, "per_sample.csv"). ``robust`` is the verdict under the threat
+    model (corruption: the corrupted image is classified correctly, whether or not the clean one was);
+    ``prediction`` the class predicted under it (the clean prediction where nothing was applied or changed);
+    ``fooled`` (universal only) whether the perturbation changed the predicted class."""
+    frames = []
+    height, width = sweep.dataset.x.shape[-2:]
+    for job in jobs:
+        spec = sweep.extra_threats[job.spec_index]
+        s = store.samples(job.job_id)
+        prediction = s["adv_pred"].astype("Int64").fillna(s["clean_pred"].astype("Int64")).astype("int64")
+        frame = pd.DataFrame({
+            "model": job.model, "dataset": sweep.dataset.name, "threat_model": job.kind,
+            "norm": spec.norm if job.kind == "universal" else "",
+            "eps": float(job.level) if job.kind == "universal" else float("nan"),
+            "index": s["idx"].astype("int64"), "label": s["label"].astype("int64"),
+            "clean_pred": s["clean_pred"].astype("int64"), "clean_correct": s["clean_correct"].astype("int64"),
+            "robust": s["robust"].astype("int64"), "attacked": s["attacked"].astype("int64"),
+            "broken_by": s["broken_by"].fillna(""), "broken_at_eps": s["broken_at_eps"].astype("float64"),
+            "adv_pred": s["adv_pred"].astype("Int64"), "adv_norm": s["adv_norm"].astype("float64"),
+            "job_id": job.job_id,
+            "corruption": job.level[0] if job.kind == "corruption" else "",
+            "severity": int(job.level[1]) if job.kind == "corruption" else pd.NA,
+            "location": spec.location if job.kind == "patch" else "",
+            "area": float(job.level) if job.kind == "patch" else float("nan"),
+            "patch_side": patch_side(float(job.level), height, width) if job.kind == "patch" else pd.NA,
+            "train_split": _split(job, len(sweep.dataset))[0],
+            "split": "held-out" if job.start else "all",
+            "prediction": prediction.where(s["robust"] == 0, s["label"].astype("int64")),
+        })
+        frame["severity"] = frame["severity"].astype("Int64")
+        frame["patch_side"] = frame["patch_side"].astype("Int64")
+        frame["fooled"] = ((frame["prediction"] != frame["clean_pred"]).astype("Int64") if job.kind == "universal"
+                           else pd.array([pd.NA] * len(frame), dtype="Int64"))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def corruption_summary(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> pd.DataFrame:

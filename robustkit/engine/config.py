@@ -163,10 +163,12 @@ def _parse_defended_model(entry: dict[str, Any], where: str, base_dir: Path, sou
 
 def _parse_threat(value: Any, source: str) -> tuple[str, list[float], list[ThreatSpec]]:
     """The Lp entry (norm, eps) and the non-Lp sections of ``threat_model`` (a mapping or a list)."""
+    if isinstance(value, list) and not value:
+        raise ConfigError(f"{source}: threat_model: has no threat model; expected an Lp entry (norm, eps) and/or "
+                          f"corruption, patch or universal entries")
     lp, extra = split_threat_models(value, source)
-    if lp is None:
-        raise ConfigError(f"{source}: threat_model: needs one Lp entry (norm, eps) for the attacks; the corruption, "
-                          f"patch and universal sections come in addition to it")
+    if lp is None:  # a sweep of corruptions, patches or universal perturbations only: no Lp jobs
+        return "Linf", [], extra
     norm, eps = _parse_lp_threat(lp, source)
     return norm, eps, extra
 
@@ -190,9 +192,15 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
         raise ConfigError(f"{source}: expected a mapping of config keys ({', '.join(CONFIG_KEYS)}), "
                           f"got {_type_name(data)}")
     _check_keys(data, CONFIG_KEYS, "", source)
-    for key in ("dataset", "models", "threat_model", "attacks"):
+    for key in ("dataset", "models", "threat_model"):
         if key not in data:
             raise ConfigError(f"{source}: {key}: required")
+    norm, eps, extra_threats = _parse_threat(data["threat_model"], source)
+    if eps and "attacks" not in data:
+        raise ConfigError(f"{source}: attacks: required (the attacks of the Lp entry of threat_model)")
+    if not eps and data.get("attacks") is not None:
+        raise ConfigError(f"{source}: attacks: only for an Lp entry of threat_model (norm, eps), which this config "
+                          f"has not; add one, or give the patch/universal attacks in their own threat_model entry")
     seed = _int(data.get("seed", 0), "seed", source)
     device = data.get("device", "auto")
     if not isinstance(device, str):
@@ -206,12 +214,11 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
     output = data.get("output")
     if output is not None and (not isinstance(output, str) or not output.strip()):
         raise ConfigError(f"{source}: output: expected a folder path, got {short_repr(output)}")
-    attacks = data["attacks"]
+    attacks = data.get("attacks") if eps else []
     if isinstance(attacks, (str, Mapping)):
         attacks = [attacks]
-    if not isinstance(attacks, list) or not attacks:
+    if eps and (not isinstance(attacks, list) or not attacks):
         raise ConfigError(f"{source}: attacks: expected a non-empty list of attacks, got {short_repr(data['attacks'])}")
-    norm, eps, extra_threats = _parse_threat(data["threat_model"], source)
     cfg = SweepConfig(
         source=source, base_dir=base_dir,
         dataset=_parse_dataset(data["dataset"], base_dir, source),
@@ -223,7 +230,8 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> SweepConfig:
     )
     # unknown attack names/parameters, duplicate labels and unsupported norms fail here, before any loading
     try:
-        check_suite(build_attacks(cfg), norm)
+        if eps:
+            check_suite(build_attacks(cfg), norm)
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(f"{source}: ") else f"{source}: {exc}") from None
     return cfg
@@ -240,6 +248,8 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
 
 
 def build_attacks(cfg: SweepConfig) -> list:
+    if not cfg.eps:
+        return []  # no Lp entry: the sweep's attacks are those of its patch / universal entries
     try:
         return build_suite(cfg.attacks)
     except ConfigError as exc:

@@ -5,6 +5,8 @@ registered whenever the engine is. Nothing here changes a stored verdict.
 """
 from __future__ import annotations
 
+import pandas as pd
+
 import robustkit
 from robustkit.attacks import eval_mode
 from robustkit.defenses.sweep import certify_cached, leaderboard_fields
@@ -13,7 +15,7 @@ from robustkit.report.stage import write_run_report
 
 from .checks_stage import flags_by_row, sweep_checks
 from .beyond_lp_tables import CORRUPTION_PNG, SECTION_FILES, SECTIONS_MD, SUMMARY_CSV, add_subgroup_columns, \
-    corruption_summary, section_tables, write_sections
+    corruption_summary, section_per_sample, section_tables, write_sections
 from .curve_fill import fill_curve
 from .devices import on_device
 from .leaderboard import LEADERBOARD_CSV, LEADERBOARD_MD, PER_SAMPLE_CSV, add_defense_rows, build_leaderboard, \
@@ -53,7 +55,9 @@ def leaderboard(ctx: RunContext) -> None:
     board = add_defense_rows(board, {e.name: leaderboard_fields(e.model)["defense"] for e in sweep.models},
                              ctx.certified)
     ctx.leaderboard = add_subgroup_columns(board, ctx.per_sample, sweep)
-    write_outputs(ctx.out, ctx.leaderboard, ctx.per_sample)
+    sections = section_per_sample(ctx.store, sweep, ctx.artifacts.get("extra_jobs") or [])
+    write_outputs(ctx.out, ctx.leaderboard, pd.concat([ctx.per_sample, sections], ignore_index=True)
+                  if len(sections) else ctx.per_sample)
     for name in (LEADERBOARD_CSV, LEADERBOARD_MD, PER_SAMPLE_CSV):
         ctx.wrote(ctx.out / name)
 

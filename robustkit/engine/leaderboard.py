@@ -25,6 +25,9 @@ BASE_COLUMNS = ["rank", "model", "dataset", "norm", "eps", "n_examples", "clean_
 STATS_COLUMNS = ["clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "p_vs_next",
                  "tied_with_next"]
 TAIL_COLUMNS = ["seconds", "passes", "flags", "attacks", "run_id"]
+# per_sample.csv columns of the corruption / patch / universal rows only (docs/engine.md, "per_sample.csv")
+SECTION_COLUMNS = ["corruption", "severity", "location", "area", "patch_side", "train_split", "split", "prediction",
+                   "fooled"]
 SIGNIFICANCE = 0.05  # neighbours whose McNemar p-value is >= this are "tied_with_next"
 
 
@@ -176,8 +179,8 @@ def build_per_sample(store: ResultStore, sweep: Sweep, jobs: list[PlannedJob]) -
         s = store.samples(job.job_id)
         bits = s["robust_after"].tolist()
         frame = pd.DataFrame({
-            "model": job.model, "dataset": sweep.dataset.name, "norm": sweep.norm, "eps": float(job.eps),
-            "index": s["idx"].astype("int64"), "label": s["label"].astype("int64"),
+            "model": job.model, "dataset": sweep.dataset.name, "threat_model": "lp", "norm": sweep.norm,
+            "eps": float(job.eps), "index": s["idx"].astype("int64"), "label": s["label"].astype("int64"),
             "clean_pred": s["clean_pred"].astype("int64"), "clean_correct": s["clean_correct"].astype("int64"),
         })
         for j, label in enumerate(labels):

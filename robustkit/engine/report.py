@@ -47,7 +47,8 @@ def _provenance_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"* dataset: {data.get('name')}, n = {data.get('n_examples')}, content sha256 "
                      f"`{data.get('content_hash')}`")
         tm = prov.get("threat_model", {})
-        lines.append(f"* threat model: {tm.get('norm')}, eps {tm.get('eps')}")
+        lines.append(f"* threat model: {tm.get('norm')}, eps {tm.get('eps')}" if tm.get("eps")
+                     else "* threat model: no Lp entry (only the sections below)")
         for m in prov.get("models", []):
             lines.append(f"* model `{m['name']}` ({m.get('class')}): checkpoint sha256 "
                          f"`{m.get('checkpoint_sha256') or 'none (not loaded from a file)'}`, tensors sha256 "
@@ -113,11 +114,16 @@ def folder_run(run_dir: Path, run_id: str | None = None) -> tuple[dict[str, Any]
     return record, checks
 
 
+NO_LP = "No Lp threat model in this sweep: its results are the threat-model sections below.\n"
+
+
 def report_for_folder(run_dir: Path | str, run_id: str | None = None) -> str:
     """The report of the run in ``run_dir`` (the run of its leaderboard.csv, else the latest run)."""
     run_dir = Path(run_dir)
     record, checks = folder_run(run_dir, run_id)
     md = (run_dir / LEADERBOARD_MD).read_text(encoding="utf-8") if (run_dir / LEADERBOARD_MD).is_file() else None
+    if md is not None and len(md.strip().splitlines()) <= 2:  # the header alone: the sweep has no Lp entry
+        md = NO_LP
     sections = run_dir / THREAT_SECTIONS_MD  # corruption / patch / universal sections (robustkit.engine.beyond_lp_tables)
     if md is not None and sections.is_file():
         md = md.rstrip() + "\n\n" + sections.read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ import pandas as pd
 from robustkit.errors import RobustkitError
 from robustkit.identity import canonical_json
 
-from .store_integrity import DB_NAME, StoreError, failing_batches, one_line_errors
+from .store_integrity import CASCADE, DB_NAME, StoreError, failing_batches, one_line_errors
 from .store_schema import _SCHEMA, SAMPLE_COLUMNS, SCHEMA_VERSION
 
 
@@ -319,7 +319,8 @@ class ResultStore:
 
     # ------------------------------------------------------------------------------------ verification
     def verify_job(self, job_id: str, *, n_examples: int, batch_size: int, labels: Sequence[int],
-                   n_attacks: int, prev_job_id: str | None = None) -> list[str]:
+                   n_attacks: int, prev_job_id: str | None = None, offset: int = 0, rules: str = CASCADE,
+                   budget: bool = False) -> list[str]:
         """Check a job's stored batches against what they must contain and drop the ones that fail, so that
         the runner recomputes them; return one description per dropped batch.
 
@@ -329,6 +330,10 @@ class ResultStore:
         always 0), all 0 for a clean error; ``robust`` is the last bit; and (nested balls) no sample is robust
         here but broken at the previous eps, whose rows for the range must exist. Sample rows outside every
         passing batch are deleted with it. Everything happens in one transaction.
+
+        The corruption / patch / universal jobs (:mod:`robustkit.engine.beyond_lp_verify`) evaluate examples
+        ``offset..offset + n_examples - 1``; ``rules="corruption"`` checks a corruption job's rows instead of
+        the cascade's, and ``budget`` also requires every attack-broken row's stored norm within its budget.
         """
         if batch_size < 1 or n_examples < 0:
             raise StoreError(f"{self.path}: job {job_id} has batch size {batch_size} for {n_examples} examples; "
@@ -337,16 +342,29 @@ class ResultStore:
         frame = self.samples(job_id)
         prev = self.samples(job_id=prev_job_id) if prev_job_id is not None else None
         bad = failing_batches(batches, frame, prev, n_examples=n_examples, batch_size=batch_size,
-                               labels=np.asarray(labels, dtype=np.int64), n_attacks=n_attacks)
-        covered = np.zeros(max(n_examples, 0), dtype=bool)
+                              labels=np.asarray(labels, dtype=np.int64), n_attacks=n_attacks, offset=offset,
+                              rules=rules, budget=budget)
+        covered = np.zeros(max(offset + n_examples, 0), dtype=bool)
         for i, b in batches.items():
             if i not in bad:
                 covered[b.start:b.stop] = True
         idx = frame["idx"].to_numpy(dtype=np.int64)
-        orphans = [int(i) for i in idx if not (0 <= i < n_examples and covered[i])]
-        if bad or orphans:
-            with self._transaction() as c:
-                c.executemany("DELETE FROM batches WHERE job_id = ? AND batch_index = ?", [(job_id, i) for i in bad])
-                c.executemany("DELETE FROM samples WHERE job_id = ? AND idx = ?", [(job_id, i) for i in orphans])
-                c.execute("UPDATE jobs SET finished_at = NULL WHERE job_id = ?", (job_id,))
+        orphans = [int(i) for i in idx if not (offset <= i < offset + n_examples and covered[i])]
+        self.drop_batches(job_id, list(bad), orphans, with_rows=False)  # a bad batch's rows are orphans now
         return [f"batch {i} ({bad[i]})" for i in sorted(bad)]
+
+    def drop_batches(self, job_id: str, batch_indices: Sequence[int], sample_indices: Sequence[int] = (), *,
+                     with_rows: bool = True) -> None:
+        """Delete batches of a job, the sample rows of their ranges (``with_rows``) and the sample rows
+        ``sample_indices``, in one transaction, so that the runner recomputes them."""
+        if not batch_indices and not sample_indices:
+            return
+        ranges = {int(r[0]): (int(r[1]), int(r[2])) for r in self.conn.execute(
+            "SELECT batch_index, start, stop FROM batches WHERE job_id = ?", (job_id,)).fetchall()}
+        with self._transaction() as c:
+            for i in batch_indices:
+                if with_rows and i in ranges:
+                    c.execute("DELETE FROM samples WHERE job_id = ? AND idx >= ? AND idx < ?", (job_id, *ranges[i]))
+                c.execute("DELETE FROM batches WHERE job_id = ? AND batch_index = ?", (job_id, int(i)))
+            c.executemany("DELETE FROM samples WHERE job_id = ? AND idx = ?", [(job_id, int(i)) for i in sample_indices])
+            c.execute("UPDATE jobs SET finished_at = NULL WHERE job_id = ?", (job_id,))

@@ -65,35 +65,71 @@ def one_line_errors(cls: type) -> type:
 
 
 
+CASCADE, CORRUPTION = "cascade", "corruption"  # the row rules of an attacked job, and of a corruption job
+
+
+def _corruption_rows_ok(frame: pd.DataFrame, label: np.ndarray) -> np.ndarray:
+    """A corruption row: one bit equal to ``robust`` (the corrupted image classified correctly, whatever the
+    clean verdict); a wrong one names the corruption, its severity and a prediction other than the label."""
+    bits = frame["robust_after"].astype(str)
+    robust = frame["robust"].to_numpy()
+    adv = frame["adv_pred"].to_numpy(dtype=float, na_value=np.nan)
+    broken = frame["broken_by"].fillna("").astype(str)
+    wrong_ok = (~np.isnan(adv)) & (adv != label) & broken.str.startswith("corruption:").to_numpy(dtype=bool) \
+        & frame["broken_at_eps"].notna().to_numpy(dtype=bool)
+    right_ok = np.isnan(adv) & (broken == "").to_numpy(dtype=bool)
+    return (bits.isin(("0", "1")).to_numpy(dtype=bool) & (bits.eq("1").to_numpy(dtype=bool) == (robust == 1))
+            & np.where(robust == 1, right_ok, wrong_ok) & (frame["attacked"].to_numpy() == 1))
+
+
+def _cascade_rows_ok(frame: pd.DataFrame, n_attacks: int, budget: bool) -> np.ndarray:
+    """An attacked row: bits well formed and cumulative, ``robust`` the last bit, robust only if clean-correct;
+    with ``budget``, a sample broken by an attack has a stored perturbation norm within its budget."""
+    bits = frame["robust_after"].astype(str)
+    well_formed = bits.str.fullmatch(f"[01]{{{n_attacks}}}").to_numpy(dtype=bool)
+    cumulative = ~bits.str.contains("01", regex=False).to_numpy(dtype=bool)
+    last = bits.str[-1:].eq("1").to_numpy(dtype=bool)
+    first = bits.str[:1].eq("1").to_numpy(dtype=bool)
+    clean_correct = frame["clean_correct"].to_numpy()
+    robust = frame["robust"].to_numpy()
+    ok = well_formed & cumulative & (robust == last) & (robust <= clean_correct) & (first <= (clean_correct == 1))
+    if budget:
+        attacked = ~frame["broken_by"].fillna("clean").isin(("clean",)).to_numpy(dtype=bool)
+        norm = frame["adv_norm"].to_numpy(dtype=float, na_value=np.nan)
+        eps = frame["broken_at_eps"].to_numpy(dtype=float, na_value=np.nan)
+        ok &= ~attacked | (norm <= eps * (1 + BUDGET_RTOL))
+    return ok
+
+
+BUDGET_RTOL = 1e-6  # robustkit.threat.RTOL: the engine's own budget tolerance
+
+
 def failing_batches(batches: dict[int, StoredBatch], frame: pd.DataFrame, prev: pd.DataFrame | None, *,
-                     n_examples: int, batch_size: int, labels: np.ndarray, n_attacks: int) -> dict[int, str]:
-    """batch index -> why it fails (see :meth:`ResultStore.verify_job`)."""
+                    n_examples: int, batch_size: int, labels: np.ndarray, n_attacks: int, offset: int = 0,
+                    rules: str = CASCADE, budget: bool = False) -> dict[int, str]:
+    """batch index -> why it fails (see :meth:`ResultStore.verify_job`). The job evaluates examples
+    ``offset..offset + n_examples - 1`` (``labels`` holds the whole dataset's)."""
     idx = frame["idx"].to_numpy(dtype=np.int64)
-    in_range = (idx >= 0) & (idx < n_examples)
+    in_range = (idx >= offset) & (idx < offset + n_examples)
     row_ok = np.zeros(len(frame), dtype=bool)
     if len(frame):
-        safe = np.where(in_range, idx, 0)
-        bits = frame["robust_after"].astype(str)
-        well_formed = bits.str.fullmatch(f"[01]{{{n_attacks}}}").to_numpy(dtype=bool)
-        cumulative = ~bits.str.contains("01", regex=False).to_numpy(dtype=bool)
-        last = bits.str[-1:].eq("1").to_numpy(dtype=bool)
-        first = bits.str[:1].eq("1").to_numpy(dtype=bool)
+        safe = np.where(in_range, idx, offset)
         clean_correct = frame["clean_correct"].to_numpy()
         robust = frame["robust"].to_numpy()
         label = frame["label"].to_numpy()
         pred = frame["clean_pred"].to_numpy()
-        row_ok = (in_range & well_formed & cumulative & (label == labels[safe])
-                  & np.isin(clean_correct, (0, 1)) & np.isin(robust, (0, 1))
-                  & (clean_correct == (pred == label)) & (robust == last) & (robust <= clean_correct)
-                  & (first <= (clean_correct == 1)))
+        row_ok = (in_range & (label == labels[safe]) & np.isin(clean_correct, (0, 1)) & np.isin(robust, (0, 1))
+                  & (clean_correct == (pred == label)))
+        row_ok &= (_corruption_rows_ok(frame, label) if rules == CORRUPTION
+                   else _cascade_rows_ok(frame, n_attacks, budget))
         if prev is not None:
             prev_robust = dict(zip(prev["idx"].to_numpy(dtype=np.int64), prev["robust"].to_numpy()))
             before = np.array([prev_robust.get(int(i), -1) for i in idx])
             row_ok &= (before >= 0) & (robust <= np.maximum(before, 0))
     bad: dict[int, str] = {}
     for i, b in batches.items():
-        start, stop = i * batch_size, min(n_examples, (i + 1) * batch_size)
-        if i < 0 or start >= n_examples or (b.start, b.stop) != (start, stop):
+        start, stop = offset + i * batch_size, offset + min(n_examples, (i + 1) * batch_size)
+        if i < 0 or start >= offset + n_examples or (b.start, b.stop) != (start, stop):
             bad[i] = f"range {b.start}..{b.stop} does not fit the batch layout"
             continue
         mask = (idx >= start) & (idx < stop)
@@ -102,5 +138,5 @@ def failing_batches(batches: dict[int, StoredBatch], frame: pd.DataFrame, prev: 
             bad[i] = f"{count} of {stop - start} sample rows"
         elif not row_ok[mask].all():
             bad[i] = f"{int((~row_ok[mask]).sum())} sample rows contradict the labels, the attack list or the " \
-                     f"previous eps"
+                     f"previous eps" + (" or the budget" if budget else "")
     return bad

@@ -45,12 +45,15 @@ class Sweep:
 
     def __post_init__(self) -> None:
         self.norm = canonical_norm(self.norm)
-        self.eps = eps_list(self.eps, self.norm)
         names = [m.name for m in self.models]
         if not names:
             raise ConfigError("models: expected at least one model")
-        self.attacks = with_adaptive_attacks(list(self.attacks), self.models)
-        check_suite(self.attacks, self.norm)
+        if not self.eps and not self.attacks and self.extra_threats:
+            self.eps = []  # no Lp entry: only the corruption / patch / universal sections run
+        else:
+            self.eps = eps_list(self.eps, self.norm)
+            self.attacks = with_adaptive_attacks(list(self.attacks), self.models)
+            check_suite(self.attacks, self.norm)
         for entry in self.models:
             overlap = held_out_overlap(entry.model, self.dataset.x)
             if overlap is not None:

@@ -58,7 +58,7 @@ class Candidate:
 
 def candidates(per_sample: pd.DataFrame, model: str) -> list[Candidate]:
     """The model's samples broken by an attack (not clean mistakes), by dataset index, with their breaking eps."""
-    rows = per_sample[per_sample["model"] == model]
+    rows = per_sample[per_sample["model"] == model] if "model" in per_sample else per_sample  # no Lp entry: none
     if rows.empty:
         return []
     last = rows[rows["eps"] == rows["eps"].max()]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from robustkit.engine.report import folder_run
 from robustkit.engine.curve_fill import CURVE_CSV
-from robustkit.engine.leaderboard import LEADERBOARD_CSV, PER_SAMPLE_CSV
+from robustkit.engine.leaderboard import LEADERBOARD_CSV, PER_SAMPLE_CSV, SECTION_COLUMNS
 from robustkit.errors import RobustkitError
 
 EMPIRICAL = "empirical"
@@ -108,7 +108,10 @@ def load_run(run_dir: Path | str, run_id: str | None = None) -> RunFolder:
     for column in ("defense", "flags"):  # empty text columns are read back as NaN floats
         board[column] = board[column].astype(object).fillna("").astype(str) if column in board.columns else ""
     per_sample = pd.read_csv(run_dir / PER_SAMPLE_CSV, dtype={"broken_by": str}, keep_default_na=False,
-                             na_values={"broken_at_eps": [""], "adv_pred": [""], "adv_norm": [""]})
+                             na_values={"broken_at_eps": [""], "adv_pred": [""], "adv_norm": [""], "eps": [""]})
+    if "threat_model" in per_sample.columns:  # the pictures are of the Lp rows; the other sections have tables
+        per_sample = per_sample[per_sample["threat_model"] == "lp"].reset_index(drop=True)
+        per_sample = per_sample.drop(columns=[c for c in SECTION_COLUMNS if c in per_sample.columns])
     curve = pd.read_csv(run_dir / CURVE_CSV) if (run_dir / CURVE_CSV).is_file() else None
     return RunFolder(path=run_dir, record=record, leaderboard=board, per_sample=per_sample, checks=checks,
                      curve=curve, attack_labels=_attack_labels(per_sample))
