@@ -166,9 +166,11 @@ UAP = {"name": "uap", "epochs": 1, "batch_size": 6, "inner_iters": 1}
     ({"name": "universal", "eps": ["8/255"], "train_examples": 6, "attacks": [UAP]}, "universal.csv"),
 ])
 def test_sweep_without_an_lp_entry(shared_dir, tmp_path, monkeypatch, section, table):
-    """Only corruptions, only a patch or only a UAP: no attacks key, no Lp rows; per_sample.csv has the section's."""
+    """Only corruptions, only a patch or only a UAP: no attacks key, no Lp rows; per_sample.csv has the section's;
+    the checks that apply to the threat model run (docs/checks.md) and flag nothing on this sound model."""
     monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
-    config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet2b-pgd"], threat_model=[section])
+    config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet2b-pgd"], threat_model=[section],
+                           checks="cheap")
     cfg = yaml.safe_load(config.read_text())
     del cfg["attacks"]
     config.write_text(yaml.safe_dump(cfg))
@@ -187,6 +189,13 @@ def test_sweep_without_an_lp_entry(shared_dir, tmp_path, monkeypatch, section, t
         assert row[verdict] == pytest.approx(100 * per.loc[level, "robust"].mean(), abs=0.01)
         assert row[f"{verdict}_ci_low"] <= row[verdict] <= row[f"{verdict}_ci_high"]
     assert ((per["robust"] == 1) == (per["prediction"] == per["label"])).all()
+    checks = pd.read_sql_query("SELECT name, fired, applicable FROM checks", sqlite3.connect(out / "results.sqlite"))
+    ran = set(checks.loc[checks["applicable"] == 1, "name"])
+    gradient = {"zero-grad", "nan-grad", "probabilities"}
+    assert {"randomized", "dynamic", "batch-dependence"} <= ran
+    assert (gradient <= ran) == (section["name"] != "corruption") and not (gradient & ran and section["name"] == "corruption")
+    assert "eps-nonmonotone" not in set(checks["name"]) and not checks["fired"].any()
+    assert rows["flags"].isna().all()
 
 
 def test_fooling_rate_counts_every_held_out_image(shared_dir, tmp_path, monkeypatch):

@@ -9,11 +9,11 @@ other exception too, marked "check failed" in the report, since it is a bug of t
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Collection, Iterable
 
 from robustkit.errors import ConfigError, RobustkitError, did_you_mean, short_repr
 
-from . import attack_failure, autoattack_flags, batch_dependence, checklist
+from . import attack_failure, autoattack_flags, batch_dependence, checklist, levels
 from .base import CHEAP, FULL, MODES, OFF, CheckContext, CheckResult, CheckSpec
 
 CHECKS: tuple[CheckSpec, ...] = (
@@ -33,10 +33,14 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(("more-steps-help",), "Carlini et al.", FULL, checklist.check_more_steps),
 )
 
-FLAG_NAMES: tuple[str, ...] = tuple(f for spec in CHECKS for f in spec.flags)
+# the checks of the model itself (not of the Lp attacks' results): they also apply to the other threat models
+MODEL_CHECKS = ("randomized", "probabilities", "dynamic", "zero-grad", "nan-grad", "batch-dependence")
+# the level checks of the corruption / patch / universal sections (robustkit.checks.levels)
+LEVEL_CHECKS = ("severity-nonmonotone", "area-nonmonotone", "uap-eps-nonmonotone")
+FLAG_NAMES: tuple[str, ...] = tuple(f for spec in CHECKS for f in spec.flags) + LEVEL_CHECKS
 
-__all__ = ["CHEAP", "CHECKS", "FLAG_NAMES", "FULL", "MODES", "OFF", "CheckContext", "CheckResult", "check_mode",
-           "row_flags", "run_checks"]
+__all__ = ["CHEAP", "CHECKS", "FLAG_NAMES", "FULL", "LEVEL_CHECKS", "MODEL_CHECKS", "MODES", "OFF", "CheckContext",
+           "CheckResult", "check_mode", "levels", "row_flags", "run_checks"]
 
 
 def check_mode(value: object, where: str = "checks") -> str:
@@ -51,15 +55,16 @@ def check_mode(value: object, where: str = "checks") -> str:
     return value.strip().lower()
 
 
-def run_checks(ctx: CheckContext, mode: str) -> list[CheckResult]:
-    """Every check of ``mode`` (already validated by :func:`check_mode`) on one model, in registry order."""
+def run_checks(ctx: CheckContext, mode: str, only: Collection[str] | None = None) -> list[CheckResult]:
+    """Every check of ``mode`` (already validated by :func:`check_mode`) on one model, in registry order
+    (only those named in ``only`` when given)."""
     if mode not in MODES:
         raise ValueError(f"run_checks: mode must be one of {', '.join(MODES)} (see check_mode), got {mode!r}")
     if mode == OFF:
         return []
     results: list[CheckResult] = []
     for spec in CHECKS:
-        if spec.mode == FULL and mode != FULL:
+        if (spec.mode == FULL and mode != FULL) or (only is not None and spec.flags[0] not in only):
             continue
         try:
             results.extend(spec.run(ctx))
@@ -72,9 +77,12 @@ def run_checks(ctx: CheckContext, mode: str) -> list[CheckResult]:
 
 
 def row_flags(results: Iterable[CheckResult], eps: float) -> str:
-    """The ``flags`` cell of the row at ``eps``: fired checks about the model or this eps, ';'-joined, in order."""
+    """The ``flags`` cell of the Lp row at ``eps``: fired checks about the model or this eps, ';'-joined, in order
+    (a check of another threat model's section, ``details["threat_model"]``, flags that section's rows only)."""
     names: list[str] = []
     for r in results:
+        if r.details.get("threat_model"):
+            continue
         if r.fired and r.applicable and (r.eps is None or r.eps == eps) and r.name not in names:
             names.append(r.name)
     return ";".join(names)

@@ -68,7 +68,8 @@ class CheckContext:
 
     def subset_indices(self, n: int = FULL_SUBSET) -> torch.Tensor:
         """Dataset indices of the first ``n`` samples the model classifies correctly (stored clean verdicts)."""
-        first_eps = self.per_sample[self.per_sample["eps"] == min(self.eps)]
+        # without an Lp entry the per-sample rows are one section's clean verdicts (robustkit.engine.beyond_lp_checks)
+        first_eps = self.per_sample[self.per_sample["eps"] == min(self.eps)] if self.eps else self.per_sample
         idx = first_eps.loc[first_eps["clean_correct"] == 1, "index"].to_numpy().copy()[:n]
         return torch.as_tensor(idx, dtype=torch.long)
 

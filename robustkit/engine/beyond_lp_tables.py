@@ -87,8 +87,9 @@ def _split(job: ExtraJob, n: int) -> tuple[str, str]:
     return (f"0..{job.start - 1}" if job.start else "", f"{job.start}..{n - 1}")
 
 
-def section_tables(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> dict[str, pd.DataFrame]:
-    """One table per non-Lp kind present in the sweep."""
+def section_tables(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob],
+                   flags: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """One table per non-Lp kind present in the sweep; ``flags`` maps a job id to its row's checks flags."""
     rows: dict[str, list[dict[str, Any]]] = {}
     groups = getattr(sweep.dataset, "groups", None)
     for job in jobs:
@@ -121,6 +122,7 @@ def section_tables(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -> di
                                       for a in spec.attacks)
         row.update(subgroup_columns(s, None if groups is None else groups.numpy()))
         row["seconds"] = round(store.job_seconds(job.job_id), 2)
+        row["flags"] = (flags or {}).get(job.job_id, "")
         rows.setdefault(job.kind, []).append(row)
     tables = {}
     for kind, items in rows.items():
@@ -230,6 +232,8 @@ def write_sections(out: Path, tables: dict[str, pd.DataFrame], summary: pd.DataF
         write_text(Path(out) / SECTION_FILES[kind], table.to_csv(index=False))
         hide = ("dataset", "attacks") + tuple(c for c in table.columns if "_ci_" in c and not c.startswith("robust_acc")
                                               and not c.startswith("corruption_acc"))
+        if "flags" in table.columns and not table["flags"].fillna("").astype(str).str.len().any():
+            hide += ("flags",)
         parts.append(f"## Threat model: {kind} ({titles[kind]})\n\n" + _plain_md(table[[c for c in table.columns
                                                                                         if c not in hide]]))
         if kind == "corruption":

@@ -22,6 +22,8 @@ from torch import nn
 from robustkit.attacks import eval_mode
 from robustkit.checks import OFF, CheckContext, CheckResult, row_flags, run_checks
 
+from .beyond_lp import ExtraJob
+from .beyond_lp_checks import clean_rows, level_checks, model_checks_needed
 from .devices import on_device
 from .store import ResultStore
 from .sweep import Sweep
@@ -41,11 +43,15 @@ def _from_frame(frame: pd.DataFrame) -> list[CheckResult]:
 
 
 def sweep_checks(store: ResultStore, sweep: Sweep, run_id: str, per_sample: pd.DataFrame,
-                 device: torch.device, mode: str) -> dict[str, list[CheckResult]]:
+                 device: torch.device, mode: str, extra_jobs: list[ExtraJob] | None = None) -> dict[str, list[CheckResult]]:
     """Check results per model name (computed, or read back from the store for this run and mode).
 
-    ``mode`` is an already validated mode (:attr:`robustkit.engine.options.RunOptions.checks`).
+    ``mode`` is an already validated mode (:attr:`robustkit.engine.options.RunOptions.checks`). The Lp rows
+    get every check of the mode; the corruption / patch / universal sections (``extra_jobs``) the model checks
+    that apply to them and their level checks (:mod:`robustkit.engine.beyond_lp_checks`).
     """
+    extra_jobs = extra_jobs or []
+    needed = model_checks_needed(sweep)
     if mode == OFF:
         return {}
     out: dict[str, list[CheckResult]] = {}
@@ -54,12 +60,18 @@ def sweep_checks(store: ResultStore, sweep: Sweep, run_id: str, per_sample: pd.D
         if len(stored):
             out[entry.name] = _from_frame(stored)
             continue
-        rows = per_sample[per_sample["model"] == entry.name] if len(per_sample) else per_sample
-        with _prepared(entry.model, device) as model:
-            ctx = CheckContext(model=model, model_name=entry.name, x=sweep.dataset.x, y=sweep.dataset.y,
-                               attacks=list(sweep.attacks), norm=sweep.norm, eps=list(sweep.eps), per_sample=rows,
-                               seed=sweep.seed, device=device)
-            results = run_checks(ctx, mode)
+        if sweep.eps:
+            rows = per_sample[per_sample["model"] == entry.name] if len(per_sample) else per_sample
+        else:  # no Lp entry: the model checks the sections need, on the clean verdicts they stored
+            rows = clean_rows(store, extra_jobs, entry.name)
+        results = []
+        if sweep.eps or needed:
+            with _prepared(entry.model, device) as model:
+                ctx = CheckContext(model=model, model_name=entry.name, x=sweep.dataset.x, y=sweep.dataset.y,
+                                   attacks=list(sweep.attacks), norm=sweep.norm, eps=list(sweep.eps),
+                                   per_sample=rows, seed=sweep.seed, device=device)
+                results = run_checks(ctx, mode, only=None if sweep.eps else needed)
+        results += level_checks(store, sweep, extra_jobs, entry.name)
         store.store_checks(run_id, entry.name, mode, results)
         out[entry.name] = results
     return out

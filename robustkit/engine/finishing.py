@@ -13,6 +13,7 @@ from robustkit.defenses.sweep import certify_cached, leaderboard_fields
 from robustkit.report.html import PLOTS_DIR
 from robustkit.report.stage import write_run_report
 
+from .beyond_lp_checks import section_row_flags
 from .checks_stage import flags_by_row, sweep_checks
 from .beyond_lp_tables import CORRUPTION_PNG, SECTION_FILES, SECTIONS_MD, SUMMARY_CSV, add_subgroup_columns, \
     corruption_summary, section_per_sample, section_tables, write_sections
@@ -44,7 +45,7 @@ def certified_rows(ctx: RunContext) -> None:
 def evaluation_checks(ctx: RunContext) -> None:
     """The evaluation checks of ``options.checks`` on every model (docs/checks.md), stored with the run."""
     ctx.check_results = sweep_checks(ctx.store, ctx.sweep, ctx.run_id, ctx.per_sample, ctx.device,
-                                     ctx.options.checks)
+                                     ctx.options.checks, ctx.artifacts.get("extra_jobs") or [])
 
 
 @finishing_stage("leaderboard", order=40)
@@ -67,7 +68,8 @@ def threat_model_sections(ctx: RunContext) -> None:
     """The corruption / patch / universal sections' CSVs and threat_models.md (before the report, which
     includes them); their tables are handed on as ``ctx.artifacts["sections"]``."""
     extra_jobs = ctx.artifacts.get("extra_jobs") or []
-    tables = section_tables(ctx.store, ctx.sweep, extra_jobs)
+    flags = {job.job_id: section_row_flags(ctx.check_results.get(job.model, []), job) for job in extra_jobs}
+    tables = section_tables(ctx.store, ctx.sweep, extra_jobs, flags)
     ctx.artifacts["sections"] = tables
     write_sections(ctx.out, tables, corruption_summary(ctx.store, ctx.sweep, extra_jobs))
     if tables:

@@ -71,7 +71,8 @@ def _check_lines(checks: pd.DataFrame) -> list[str]:
         if fired.empty:
             lines.append("No flags.")
         for r in fired.itertuples():
-            lines.append(f"* **{r.name}** ({_eps_text(r.eps)}): {r.message}")
+            where = json.loads(r.details or "{}").get("threat_model")  # a section's check: its message says where
+            lines.append(f"* **{r.name}** ({where + ' section' if where else _eps_text(r.eps)}): {r.message}")
         passed = part[(part["fired"] == 0) & (part["applicable"] == 1)]
         skipped = part[part["applicable"] == 0]
         if len(passed):
