@@ -1,6 +1,7 @@
 """Sweeps that mix Lp attacks with corruptions, a patch and a universal perturbation (CLI end to end)."""
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,12 @@ import yaml
 
 from robustkit.cli import main
 from robustkit.corruptions import corrupt_images
+from robustkit.engine.beyond_lp import ExtraJob
+from robustkit.engine.beyond_lp_tables import section_per_sample, section_tables
 from robustkit.engine.config import load_config, resolve_config
+from robustkit.engine.store import ResultStore
+from robustkit.engine.threat_specs import ThreatSpec
+from robustkit.stats import clopper_pearson_percent
 from robustkit.errors import ConfigError
 from robustkit.subgroups import ink_terciles, subgroup_metrics
 
@@ -277,3 +283,25 @@ def test_tampered_section_results_are_verified_and_recomputed(shared_dir, tmp_pa
     assert main(["eval", "--config", str(config), "--quiet"]) == 0
     assert "its kept universal perturbation fails the budget check" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_csv(out / "universal.csv").drop(columns="seconds"), before["universal.csv"])
+
+
+def test_fooling_rate_on_a_hand_computed_table(tmp_path):
+    """4 held-out images: two clean-correct ones broken (class changed), one clean mistake whose class the UAP
+    changes, one whose class it keeps: fooling rate 3/4 = 75% (the old "of clean-correct" rate said 2/2)."""
+    spec = ThreatSpec("universal", [0.03], norm="Linf", train_examples=2)
+    job = ExtraJob("j", {}, "m", 0, "universal", 0.03, 2)
+    dataset = type("D", (), {"name": "d", "groups": None, "__len__": lambda self: 6})()
+    sweep = SimpleNamespace(extra_threats=[spec], dataset=dataset)
+    rows = [(2, 0, 0, 1, "0", 0, "uap", 0.03, 9, 0.03, 1), (3, 1, 1, 1, "0", 0, "uap", 0.03, 4, 0.03, 1),
+            (4, 2, 5, 0, "0", 0, "clean", 0.0, 6, 0.0, 0), (5, 3, 7, 0, "0", 0, "clean", 0.0, 7, 0.0, 0)]
+    with ResultStore.open(tmp_path) as store:
+        store.ensure_job("j", {}, model="m", dataset="d", norm="universal:Linf", eps=0.03, prev_job_id=None,
+                         n_examples=4, batch_size=4, attack_labels=["universal"])
+        store.commit_batch(job_id="j", batch_index=0, start=2, stop=6, seed=0, chunk_size=4, n_attacked=2,
+                           seconds=0.0, run_id="r", attempt=1, rows=rows)
+        row = section_tables(store, sweep, [job])["universal"].iloc[0]
+        per = section_per_sample(store, sweep, [job])
+    assert row.fooling_rate == 75.0 and (row.fooling_rate_ci_low, row.fooling_rate_ci_high) == \
+        clopper_pearson_percent(3, 4)
+    assert row.robust_acc == 0.0 and row.clean_acc == 50.0
+    assert per["fooled"].tolist() == [1, 1, 1, 0] and per["prediction"].tolist() == [9, 4, 6, 7]

@@ -142,9 +142,9 @@ def section_per_sample(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -
     ``prediction`` the class predicted under it (the clean prediction where nothing was applied or changed);
     ``fooled`` (universal only) whether the perturbation changed the predicted class."""
     frames = []
-    height, width = sweep.dataset.x.shape[-2:]
     for job in jobs:
         spec = sweep.extra_threats[job.spec_index]
+        side = patch_side(float(job.level), *sweep.dataset.x.shape[-2:]) if job.kind == "patch" else pd.NA
         s = store.samples(job.job_id)
         prediction = s["adv_pred"].astype("Int64").fillna(s["clean_pred"].astype("Int64")).astype("int64")
         frame = pd.DataFrame({
@@ -161,7 +161,7 @@ def section_per_sample(store: ResultStore, sweep: Sweep, jobs: list[ExtraJob]) -
             "severity": int(job.level[1]) if job.kind == "corruption" else pd.NA,
             "location": spec.location if job.kind == "patch" else "",
             "area": float(job.level) if job.kind == "patch" else float("nan"),
-            "patch_side": patch_side(float(job.level), height, width) if job.kind == "patch" else pd.NA,
+            "patch_side": side,
             "train_split": _split(job, len(sweep.dataset))[0],
             "split": "held-out" if job.start else "all",
             "prediction": prediction.where(s["robust"] == 0, s["label"].astype("int64")),
