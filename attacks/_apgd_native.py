@@ -107,7 +107,10 @@ def fixed_points(x: torch.Tensor, x_adv: torch.Tensor, x_adv_old: torch.Tensor, 
     result for the sample (best point, best loss, robust) is already final. docs/attacks.md has the proof.
     """
     zero = lambda t: _all_rows(t == 0)  # noqa: E731  (NaN is not zero: a NaN gradient never freezes)
-    return (zero(grad) & zero(x_adv - x_adv_old) & zero(grad_best) & _all_rows(x_best == x_adv)
+    frozen = zero(grad)
+    if not bool(frozen.any()):  # the usual case on a model with gradients: one comparison per iteration
+        return frozen
+    return (frozen & zero(x_adv - x_adv_old) & zero(grad_best) & _all_rows(x_best == x_adv)
             & _all_rows(_project(x, x_adv, eps, norm) == x_adv))
 
 
