@@ -236,8 +236,8 @@ def test_fooling_rate_counts_every_held_out_image(shared_dir, tmp_path, monkeypa
 
 def test_tampered_section_results_are_verified_and_recomputed(shared_dir, tmp_path, monkeypatch, capsys):
     """Every stored corruption / patch / universal batch is verified when read: rows, budgets, and re-prediction
-    from the kept corrupted images and universal perturbation; failing batches are recomputed, the CSVs equal
-    the untouched run's."""
+    from the kept corrupted images, patched examples and universal perturbation; failing batches are
+    recomputed, the CSVs equal the untouched run's."""
     monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
     config = _cifar_config(shared_dir, tmp_path, models=["cifar10-resnet2b-pgd"], threat_model=[
         {"name": "corruption", "corruptions": ["gaussian_noise"], "severities": [3]},
@@ -276,13 +276,21 @@ def test_tampered_section_results_are_verified_and_recomputed(shared_dir, tmp_pa
     assert "is not what seed 0 gives" in err and np.array_equal(np.load(cached), images)
     for name, frame in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(out / name).drop(columns="seconds", errors="ignore"), frame)
-    # a kept universal perturbation outside its budget is fitted again, never used
+    # a kept universal perturbation outside its budget is fitted again, never used; a kept patched example
+    # changed outside its patch fails the mask check, and its batch is attacked again
     (payload_path,) = (out / "universal").glob("*.pt")
     saved = torch.load(payload_path, weights_only=True)
     torch.save({**saved, "payload": saved["payload"] + 0.5}, payload_path)
+    kept = next(p for p in (out / "patch").glob("*.npz") if len(np.load(p)["index"]))
+    with np.load(kept) as data:
+        index, x_adv = data["index"], data["x_adv"]
+    np.savez(kept, index=index, x_adv=1 - x_adv)
     assert main(["eval", "--config", str(config), "--quiet"]) == 0
-    assert "its kept universal perturbation fails the budget check" in capsys.readouterr().err
-    pd.testing.assert_frame_equal(pd.read_csv(out / "universal.csv").drop(columns="seconds"), before["universal.csv"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its kept universal perturbation fails the budget check" in err
+    assert "recomputing 1 batch(es) of cifar10-resnet2b-pgd patch 0.05" in err and "a kept patched example" in err
+    for name in ("patch.csv", "universal.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / name).drop(columns="seconds"), before[name])
 
 
 def test_fooling_rate_on_a_hand_computed_table(tmp_path):

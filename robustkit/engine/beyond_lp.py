@@ -40,7 +40,7 @@ from robustkit.patch import PATCH_EPS, patch_side, positions, square_masks
 from robustkit.predict import model_device, predict
 from robustkit.threat import RTOL, ThreatModel, check_budget
 
-from .beyond_lp_verify import kept_payload, verify_extra_job
+from .beyond_lp_verify import check_kept_patches, kept_payload, rows_differ, save_patch_examples, verify_extra_job
 from .cascade import SampleState, run_cascade
 from .progress import SweepProgress
 from .store import ResultStore
@@ -50,6 +50,7 @@ from .threat_specs import ThreatSpec, is_universal
 CORRUPTED_DIR = "corrupted"
 UNIVERSAL_ROWS = "adv_pred-of-every-held-out-image"
 UNIVERSAL_DIR = "universal"
+PATCH_DIR = "patch"  # every breaking patched example, for the verification on read
 
 
 @dataclass(frozen=True)
@@ -215,21 +216,26 @@ class ExtraRunner:
 
     def _verify(self, model: nn.Module, job: ExtraJob, spec: ThreatSpec, n: int, batch_size: int) -> None:
         """Verify the job's stored batches (:mod:`robustkit.engine.beyond_lp_verify`); failing ones are dropped."""
-        recompute = None
+        recheck = None
         if job.kind == "corruption":
-            recompute = lambda b, lo, hi: self._recheck_corruption(model, job, lo, hi)  # noqa: E731
-        elif spec.attacks and all(is_universal(a) for a in spec.attacks):
+            recheck = lambda b, lo, hi, stored: rows_differ(  # noqa: E731
+                self._recheck_corruption(model, job, lo, hi), stored)
+        elif job.kind == "patch":
+            recheck = lambda b, lo, hi, stored: check_kept_patches(  # noqa: E731
+                self._patch_path(job, lo, hi), model, self.sweep.dataset.x[lo:hi], lo, stored,
+                self._threat(job, spec, lo, hi), self.device)
+        else:
             self._fit_universal(model, job, spec)
             if job.job_id in self.bad_payloads:  # the verdicts came from a perturbation that is not trusted
                 self.store.drop_batches(job.job_id, list(self.store.finished_batches(job.job_id)))
                 print(f"results store: recomputing every batch of {job.model} {job.kind} {job.eps:g}: its kept "
                       f"universal perturbation fails the budget check (fitted again)", file=sys.stderr)
-            recompute = lambda b, lo, hi: self._batch(  # noqa: E731
-                model, job, spec, lo, hi, identity.batch_seed(self.sweep.seed, job.job_id, b))[0]
+            recheck = lambda b, lo, hi, stored: rows_differ(self._batch(  # noqa: E731
+                model, job, spec, lo, hi, identity.batch_seed(self.sweep.seed, job.job_id, b))[0], stored)
         try:
             dropped = verify_extra_job(self.store, job.job_id, job.kind, first=job.start, n_examples=n,
                                        batch_size=batch_size, labels=self.sweep.dataset.y.numpy(),
-                                       n_attacks=len(spec.attacks), recompute=recompute)
+                                       n_attacks=len(spec.attacks), recheck=recheck)
         except BudgetViolationError as exc:  # a kept universal perturbation out of its budget: fit it again
             for path in (self.out / UNIVERSAL_DIR).glob(f"{job.job_id}-*.pt"):
                 path.unlink()
@@ -266,7 +272,14 @@ class ExtraRunner:
         else:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             threat = self._threat(job, spec, lo, hi)
-            state = run_cascade(model, x.to(self.device), y, spec.attacks, threat, generator=generator)
+            kept: tuple[list[int], list[torch.Tensor]] = ([], [])
+            keep = (lambda i, xa: (kept[0].extend(lo + k for k in i), kept[1].append(xa.cpu()))  # noqa: E731
+                    if job.kind == "patch" else None)
+            state = run_cascade(model, x.to(self.device), y, spec.attacks, threat, generator=generator, keep=keep)
+            if job.kind == "patch":  # kept before the batch is committed, so that every stored batch has them
+                path = self._patch_path(job, lo, hi)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(path, save_patch_examples(*kept))
             if job.kind == "universal":
                 perturbed_mistakes(model, x.to(self.device), y, spec.attacks, threat, state)
             rows = state.rows(lo)
@@ -299,6 +312,9 @@ class ExtraRunner:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(path, buf.getvalue())
         return xc
+
+    def _patch_path(self, job: ExtraJob, lo: int, hi: int) -> Path:
+        return self.out / PATCH_DIR / f"{job.job_id}-{lo}-{hi}.npz"
 
     def _corrupted_path(self, name: str, severity: int, lo: int, hi: int) -> Path:
         key = identity.sha256_text(f"{self.sweep.dataset.content_hash}:{name}:{severity}:{self.sweep.seed}:"

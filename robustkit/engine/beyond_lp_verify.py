@@ -19,24 +19,32 @@ stored batch that fails is dropped, said on stderr, and recomputed. Two layers:
      [0, 1]; else it is fitted again and every batch of the job recomputed), then it is applied again through the engine's cascade -- budget check (norm, or patch
      mask) and re-prediction included -- and must give the stored verdicts and predictions.
 
-   Per-image patches are not kept (one optimised patch per image), so their batches get the row layer only;
-   their budget and mask were checked, and their examples re-predicted, by the engine when they were made.
+   * patch sections: every breaking patched example is kept (``<out>/patch/``, float32, as the engine
+     checked it); each must exist for exactly the samples the attacks broke, pass the budget check again
+     (only pixels inside its patch mask changed -- or, for searched places, inside a square of the patch's
+     side -- values in [0, 1]) and re-predict to the stored ``adv_pred``.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from robustkit.threat import RTOL
+from robustkit.errors import BudgetViolationError
+from robustkit.predict import predict
+from robustkit.threat import RTOL, ThreatModel, check_budget
 
+from .cascade import CLEAN
 from .store import ResultStore
 from .store_integrity import CASCADE, CORRUPTION
 
-# (batch index, start, stop) -> the batch's rows computed again, as ResultStore.commit_batch takes them
-Recompute = Callable[[int, int, int], Sequence[Sequence[Any]]]
+# (batch index, start, stop, the batch's stored rows) -> why the batch fails a re-prediction, or None
+Recheck = Callable[[int, int, int, pd.DataFrame], "str | None"]
 COMPARED = ("idx", "clean_pred", "robust_after", "robust", "adv_pred")
 
 
@@ -74,18 +82,58 @@ def rows_differ(rows: Sequence[Sequence[Any]], stored: pd.DataFrame) -> str | No
     return f"{diff} stored row(s) differ from a re-prediction" if diff else None
 
 
+def save_patch_examples(indices: Sequence[int], x_adv: Sequence[torch.Tensor]) -> bytes:
+    """The bytes of ``<out>/patch/<job>-<start>-<stop>.npz``: a patch batch's breaking examples (dataset
+    indices and float32 inputs, exactly as the engine checked and re-predicted them)."""
+    buf = io.BytesIO()
+    x = torch.cat([t.detach().cpu().float() for t in x_adv]) if x_adv else torch.zeros(0)
+    np.savez(buf, index=np.asarray(indices, dtype=np.int64), x_adv=x.numpy())
+    return buf.getvalue()
+
+
+def check_kept_patches(path: Path, model: nn.Module, x: torch.Tensor, start: int, stored: pd.DataFrame,
+                       threat: ThreatModel, device: torch.device) -> str | None:
+    """Why a patch batch's kept breaking examples do not back its stored rows (None when they do): one kept
+    example per sample an attack broke, each within the budget (only pixels inside the sample's patch mask,
+    or a square of the patch's side for searched places, changed; values in [0, 1]) and re-predicted as
+    stored (``adv_pred``, which is not the label)."""
+    broken = stored[~stored["broken_by"].fillna(CLEAN).isin((CLEAN,))]
+    if not path.is_file():
+        return "its patched examples are not kept (made by an older robustkit, or deleted)"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            index, x_adv = data["index"].astype(np.int64), torch.from_numpy(data["x_adv"]).float()
+    except Exception:  # noqa: BLE001 - a damaged file is recomputed, never trusted
+        return "its kept patched examples are unreadable"
+    if sorted(index.tolist()) != sorted(broken["idx"].astype(int).tolist()) or len(index) != x_adv.shape[0]:
+        return "its kept patched examples are not those of the samples the attacks broke"
+    if not len(index):
+        return None
+    local = torch.as_tensor(index - start, dtype=torch.long)
+    sub = threat.subset(local.to(threat.mask.device) if threat.mask is not None else local)
+    try:
+        check_budget(x[local].to(device), x_adv.to(device), sub.eps, threat.norm, mask=sub.mask,
+                     patch_side=threat.patch_side, who="a kept patched example")
+    except BudgetViolationError as exc:
+        return str(exc)
+    pred = predict(model, x_adv.to(device)).cpu().numpy()
+    rows = broken.set_index("idx").loc[index]
+    wrong = int(((pred != rows["adv_pred"].to_numpy()) | (pred == rows["label"].to_numpy())).sum())
+    return f"{wrong} kept patched example(s) re-predict differently from the stored rows" if wrong else None
+
+
 def verify_extra_job(store: ResultStore, job_id: str, kind: str, *, first: int, n_examples: int, batch_size: int,
-                     labels: Sequence[int], n_attacks: int, recompute: Recompute | None) -> list[str]:
-    """Verify one non-Lp job's stored batches (rows, then re-prediction when ``recompute`` is given); the
+                     labels: Sequence[int], n_attacks: int, recheck: Recheck | None) -> list[str]:
+    """Verify one non-Lp job's stored batches (rows, then re-prediction when ``recheck`` is given); the
     failing ones are dropped from the store. Returns one description per dropped batch."""
     dropped = store.verify_job(job_id, n_examples=n_examples, batch_size=batch_size, labels=labels,
                                n_attacks=1 if kind == "corruption" else n_attacks, offset=first,
                                rules=CORRUPTION if kind == "corruption" else CASCADE, budget=kind != "corruption")
-    if recompute is None:
+    if recheck is None:
         return dropped
     bad: dict[int, str] = {}
     for b, batch in store.finished_batches(job_id).items():
-        why = rows_differ(recompute(b, batch.start, batch.stop), store.samples(job_id, batch.start, batch.stop))
+        why = recheck(b, batch.start, batch.stop, store.samples(job_id, batch.start, batch.stop))
         if why:
             bad[b] = why
     store.drop_batches(job_id, list(bad))

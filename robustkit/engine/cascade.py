@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -140,7 +140,8 @@ def _component_names(result: object, n: int) -> list[str | None] | None:
 
 
 def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], threat: ThreatModel,
-                *, prior: SampleState | None = None, generator: torch.Generator | None = None) -> SampleState:
+                *, prior: SampleState | None = None, generator: torch.Generator | None = None,
+                keep: Callable[[list[int], torch.Tensor], None] | None = None) -> SampleState:
     """Evaluate one batch (already on the model's device, model in eval mode) at one eps.
 
     ``prior`` is the same examples' state at the previous eps of the nested list (None at the smallest).
@@ -148,6 +149,8 @@ def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seq
     re-prediction included), counted by :class:`robustkit.passes.PassCounter`. The one-time randomness probe
     of a model that declares nothing is made before counting, so the counts of a batch do not depend on
     whether it was the first one computed (a resumed run counts what a fresh one counts).
+    ``keep(indices, x_adv)``, when given, receives every breaking example (batch positions, checked and
+    re-predicted inputs): the patch section keeps them so that a resume can verify them again.
     """
     if prior is not None and len(prior) != x.shape[0]:
         raise ValueError(f"prior has {len(prior)} samples for a batch of {x.shape[0]}")
@@ -187,6 +190,8 @@ def run_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seq
                     state.adv_pred[i] = int(p)
                     state.adv_norm[i] = float(nrm)
                 alive[idx[broke]] = False
+                if keep is not None and broke_idx:
+                    keep(broke_idx, x_adv[broke.to(x_adv.device)])
         add_passes(state.passes, attack.label, *counter.snapshot())
         state.robust_after[:, j] = alive
     state.robust = alive
