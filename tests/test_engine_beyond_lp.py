@@ -171,7 +171,7 @@ UAP = {"name": "uap", "epochs": 1, "batch_size": 6, "inner_iters": 1}
     ({"name": "patch", "area": [0.05], "location": "random", "attacks": [{"name": "patch", "steps": 3}]}, "patch.csv"),
     ({"name": "universal", "eps": ["8/255"], "train_examples": 6, "attacks": [UAP]}, "universal.csv"),
 ])
-def test_sweep_without_an_lp_entry(shared_dir, tmp_path, monkeypatch, section, table):
+def test_sweep_without_an_lp_entry(shared_dir, tmp_path, monkeypatch, capsys, section, table):
     """Only corruptions, only a patch or only a UAP: no attacks key, no Lp rows; per_sample.csv has the section's;
     the checks that apply to the threat model run (docs/checks.md) and flag nothing on this sound model."""
     monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
@@ -202,6 +202,9 @@ def test_sweep_without_an_lp_entry(shared_dir, tmp_path, monkeypatch, section, t
     assert (gradient <= ran) == (section["name"] != "corruption") and not (gradient & ran and section["name"] == "corruption")
     assert "eps-nonmonotone" not in set(checks["name"]) and not checks["fired"].any()
     assert rows["flags"].isna().all()
+    capsys.readouterr()
+    assert main(["eval", "--config", str(config), "--dry-run"]) == 0
+    assert f"plus {len(rows)} {section['name']} job(s)" in capsys.readouterr().out
 
 
 def test_fooling_rate_counts_every_held_out_image(shared_dir, tmp_path, monkeypatch):

@@ -98,4 +98,8 @@ def format_plan(sweep: Sweep, out: Path | str, rows: list[PlannedJobRow]) -> str
     lines += ["", f"total: {batches} batches, {reused} reused, {batches - reused} to compute; at most {passes:.3g} "
                   f"model passes ({per_sample} per sample and eps: every sample through every attack; the cascade "
                   f"attacks fewer). Nothing was computed (--dry-run)."]
+    if sweep.extra_threats:  # their batches are not planned here (docs/engine.md, "Beyond Lp")
+        kinds = ", ".join(dict.fromkeys(spec.kind for spec in sweep.extra_threats))
+        n_jobs = len(sweep.models) * sum(len(spec.levels) for spec in sweep.extra_threats)
+        lines.append(f"plus {n_jobs} {kinds} job(s) (models x levels), not planned by --dry-run.")
     return "\n".join(lines) + "\n"
