@@ -1,15 +1,16 @@
 """Adaptive smoothing on real MNIST (advertorch's LeNet5s as accurate and robust members): the mixture formula,
-the mixing network trained through robustkit train, the end-to-end gradient, and no false flags."""
+the feature-based mixing network trained through robustkit train, the end-to-end gradient, and no false flags."""
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
-import robustkit
 from robustkit.cli import main
-from robustkit.defenses import AdaptiveSmoothing, build_defense
+from robustkit.defenses import build_defense
 from robustkit.defenses.sweep import check_model_entry
 from robustkit.errors import ConfigError, RobustkitError
 
@@ -22,20 +23,25 @@ def test_fixed_alpha_is_the_papers_mixture(mnist_test, lenet5_clean, lenet5_adv)
     with pytest.raises(ConfigError, match="alpha_min"):
         build_defense({"name": "adaptive-smoothing", "alpha_min": 0.9, "alpha_max": 0.5}, [lenet5_clean, lenet5_adv])
     with pytest.raises(RobustkitError, match="untrained"):
-        build_defense({"name": "adaptive-smoothing", "mixing": "network", "in_channels": 1},
+        build_defense({"name": "adaptive-smoothing", "mixing": "network", "in_channels": 1, "input_size": 28},
                       [lenet5_clean, lenet5_adv])(x)
 
 
 def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, mnist_test, lenet5_clean, lenet5_adv,
-                                                                   tmp_path):
+                                                                   tmp_path, monkeypatch):
     rc = main(["train", "--method", "mixing-network", "--member", "mnist-lenet5-clean", "--member", "mnist-lenet5-pgd",
+               "--accurate-layer", "maxpool2", "--robust-layer", "maxpool1", "--robust-layer", "relu3",
                "--weights-dir", str(shared_dir / "weights"), "--dataset", "mnist", "--root",
                str(shared_dir / "data/mnist"), "--n-examples", "64", "--eval-examples", "32", "--eps", "0.3",
                "--steps", "2", "--epochs", "1", "--out", str(tmp_path), "--quiet"])
     assert rc == 0
     entry = yaml.safe_load((tmp_path / "mnist-adaptive-smoothing.yaml").read_text())
     check_model_entry(entry)  # a valid sweep model entry
+    assert entry["defense"]["features"] == [["maxpool2"], ["maxpool1", "relu3"]]
     mixed = build_defense(entry["defense"], [lenet5_clean, lenet5_adv])
+    feats = mixed.features(mnist_test.x[:2])  # the hooked layers' outputs, read during the members' forward
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 7, 7), (2, 32, 14, 14), (2, 200)]
+    assert not lenet5_clean._forward_hooks and not dict(lenet5_adv.named_modules())["relu3"]._forward_hooks
     x = mnist_test.x[100:108].clone().requires_grad_(True)
     out, gamma = mixed.mix(x)
     alpha = 0.2 + 0.75 * torch.sigmoid(gamma)
@@ -47,10 +53,30 @@ def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, m
     held = torch.log((1 - a) * F.softmax(lenet5_clean(x2), 1) + a * F.softmax(lenet5_adv(x2), 1))
     (grad_held,) = torch.autograd.grad(F.nll_loss(held, mnist_test.y[100:108]), x2)
     assert not torch.allclose(grad, grad_held)
-    result = robustkit.evaluate(mixed, dataset=(mnist_test.x[200:208], mnist_test.y[200:208]),
-                                attacks=[{"name": "pgd", "steps": 10},
-                                         {"name": "autoattack", "version": "custom", "attacks_to_run": ["apgd-ce"]}],
-                                eps=[0.3], checks="full", name="adaptive-smoothing")
-    row = result.leaderboard.iloc[0]
-    assert row["flags"] == "" or row["flags"] != row["flags"]
-    assert isinstance(mixed, AdaptiveSmoothing) and "adaptive-smoothing(" in row["defense"]
+    # as a user runs it: the written entry pasted into a sweep config, `robustkit eval --checks full`
+    np.savez(tmp_path / "eval.npz", x=(mnist_test.x[200:208].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+             y=mnist_test.y[200:208].numpy())
+    config = {"seed": 0, "dataset": {"name": "npz", "root": "eval.npz", "num_classes": 10},
+              "models": [entry, {"name": "fixed", "members": entry["members"],
+                                 "defense": {"name": "adaptive-smoothing", "alpha": 0.5}}],
+              "threat_model": {"norm": "Linf", "eps": [0.3]},
+              "attacks": [{"name": "pgd", "steps": 10},
+                          {"name": "autoattack", "version": "custom", "attacks_to_run": ["apgd-ce"]}],
+              "checks": "full", "output": "run"}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
+    assert main(["eval", "--config", str(tmp_path / "sweep.yaml"), "--quiet"]) == 0
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv", keep_default_na=False)
+    assert board["flags"].tolist() == ["", ""]  # no check fires on either mixture
+    assert any("adaptive-smoothing(mixing=network" in d and "features=" in d for d in board["defense"])
+
+def test_unknown_layer_is_one_line(shared_dir, lenet5_clean, lenet5_adv, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"robust member has no layer 'maxpool3' \(did you mean \"maxpool[12]\"\?\)"):
+        build_defense({"name": "adaptive-smoothing", "mixing": "network", "in_channels": 1, "input_size": 28,
+                       "features": [["relu3"], ["maxpool3"]]}, [lenet5_clean, lenet5_adv])
+    rc = main(["train", "--method", "mixing-network", "--member", "mnist-lenet5-clean", "--member", "mnist-lenet5-pgd",
+               "--accurate-layer", "conv7", "--weights-dir", str(shared_dir / "weights"), "--dataset", "mnist",
+               "--root", str(shared_dir / "data/mnist"), "--n-examples", "8", "--eps", "0.3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "accurate member has no layer 'conv7'" in err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -71,6 +71,12 @@ def _normalization(text: str | None) -> Any:
 @click.option("--member", "members", multiple=True,
               help="mixing-network: the adaptive-smoothing members, accurate first, robust second (zoo names or "
                    "card paths); --arch is then ignored.")
+@click.option("--accurate-layer", "accurate_layers", multiple=True,
+              help="mixing-network: a layer of the accurate member whose output the mixing network reads (module "
+                   "name, e.g. maxpool2; repeatable; default: the member's logits).")
+@click.option("--robust-layer", "robust_layers", multiple=True,
+              help="mixing-network: a layer of the robust member whose output the mixing network reads (repeatable; "
+                   "default: the member's logits).")
 @click.option("--weights-dir", help="pubdef / mixing-network: folder with the surrogates' or members' checkpoints "
                                     "(default: the zoo's cache).")
 @click.option("--eps", help="Training radius for pgd/fgsm/trades, a number or a fraction like 8/255.")
@@ -101,7 +107,8 @@ def _normalization(text: str | None) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
 def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, split: str | None,
           n_examples: int | None, eval_examples: int, method: str, surrogates: tuple[str, ...],
-          members: tuple[str, ...], weights_dir: str | None,
+          members: tuple[str, ...], accurate_layers: tuple[str, ...], robust_layers: tuple[str, ...],
+          weights_dir: str | None,
           eps: str | None, norm: str, steps: int | None,
           step_size: float | None, eps_warmup: int, beta: float | None, sigma: float | None, temperature: float | None, epochs: int,
           batch_size: int, optimizer: str, lr: float | None, lr_schedule: str, augment: str, momentum: float, weight_decay: float,
@@ -120,8 +127,8 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
             raise ConfigError(f"--member: --method mixing-network needs exactly two (accurate, then robust), got "
                               f"{len(members)}")
         arch = arch or "mixing-network"
-    elif members:
-        raise ConfigError(f"--member: only for --method mixing-network, not {method}")
+    elif members or accurate_layers or robust_layers:
+        raise ConfigError(f"--member/--accurate-layer/--robust-layer: only for --method mixing-network, not {method}")
     elif arch is None:
         raise ConfigError("--arch: required (see `robustkit zoo list`)")
     else:
@@ -184,6 +191,8 @@ def train(arch: str, arch_kwargs: str | None, dataset: str, root: str | None, sp
             _load_models("--member", members, weights_dir), data.x[:n_train], data.y[:n_train], out=out,
             name=name or f"{data.name}-adaptive-smoothing", x_eval=data.x[total - eval_examples:],
             y_eval=data.y[total - eval_examples:], on_epoch=report,
+            features=[list(accurate_layers) or [""], list(robust_layers) or [""]]
+            if accurate_layers or robust_layers else None,
             data_note=f"data: {data.name} examples 0..{n_train - 1}", **fit)
         click.echo(str(path))
         return
