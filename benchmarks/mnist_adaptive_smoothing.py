@@ -2,13 +2,15 @@
 network, attacked end to end (mixing network included) at Linf 0.3.
 
     python benchmarks/mnist_adaptive_smoothing.py            # needs ../shared
-    python benchmarks/mnist_adaptive_smoothing.py --n-eval 200 --aa standard
+    python benchmarks/mnist_adaptive_smoothing.py --n-eval 200 --aa apgd-ce   # quicker: one component
 
 Members (the shared folder's advertorch models, trained by their authors on the MNIST training set): the
 standard LeNet5 (accurate) and the PGD-40-trained LeNet5 (robust, Linf 0.3). The mixing network is trained by
-``robustkit train --method mixing-network`` on MNIST test images 0..4999 (PGD-5 on the whole mixture at Linf 0.3,
-3 epochs); everything is evaluated on every ``5000 / n_eval``-th image of 5000..9999 with FGSM then AutoAttack
-(``--aa`` components; APGD-CE by default, for CPU time), the declared adaptive attack, end to end.
+``robustkit train --method mixing-network`` on MNIST test images 0..4999 (PGD on the whole mixture at Linf 0.3),
+reading both members' features at ``--layers`` (forward hooks; the paper's mixing network reads intermediate
+features of the base classifiers); everything is evaluated on every ``5000 / n_eval``-th image of 5000..9999
+with FGSM then AutoAttack (``--aa``: the standard ensemble by default), the declared adaptive attack, end to end
+(mixing network included), with the checks on (``--checks``).
 """
 from __future__ import annotations
 
@@ -37,7 +39,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "mnist-adaptive-smoothing")
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--alpha", type=float, nargs="+", default=[0.5], help="fixed mixing weights to evaluate")
-    ap.add_argument("--aa", nargs="+", default=["apgd-ce"], help="AutoAttack components ('standard': all)")
+    ap.add_argument("--aa", nargs="+", default=["standard"], help="AutoAttack components ('standard': all)")
+    ap.add_argument("--layers", nargs="+", default=["maxpool1", "maxpool2", "relu3"],
+                    help="layers of both LeNet5 members the mixing network reads")
+    ap.add_argument("--steps", type=int, default=10, help="PGD steps when training the mixing network")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--checks", default="cheap", help="checks of the evaluation (cheap | full | off)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     weights, mnist = args.shared / "weights", args.shared / "data" / "mnist"
@@ -45,10 +52,12 @@ def main() -> None:
     entry_path = cache / "mnist-adaptive-smoothing.yaml"
     if not entry_path.is_file():
         t0 = time.perf_counter()
+        layers = [arg for layer in args.layers for arg in ("--accurate-layer", layer, "--robust-layer", layer)]
         rc = cli(["train", "--method", "mixing-network", "--member", "mnist-lenet5-clean", "--member",
-                  "mnist-lenet5-pgd", "--weights-dir", str(weights), "--dataset", "mnist", "--root", str(mnist),
-                  "--n-examples", "5000", "--eval-examples", "5000", "--eps", "0.3", "--steps", "5", "--epochs", "3",
-                  "--batch-size", "128", "--lr", "1e-3", "--out", str(cache), "--quiet"])
+                  "mnist-lenet5-pgd", *layers, "--weights-dir", str(weights), "--dataset", "mnist", "--root",
+                  str(mnist), "--n-examples", "5000", "--eval-examples", "5000", "--eps", "0.3", "--steps",
+                  str(args.steps), "--epochs", str(args.epochs), "--batch-size", "128", "--lr", "1e-3", "--out",
+                  str(cache)])
         if rc != 0:
             raise SystemExit("training the mixing network failed")
         print(f"mixing network trained in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -67,7 +76,7 @@ def main() -> None:
         {"name": "autoattack", "seed": 0, "version": "custom", "attacks_to_run": args.aa}
     t0 = time.perf_counter()
     result = robustkit.evaluate(models, dataset=(data.x[idx], data.y[idx]), attacks=["fgsm", aa], eps=[0.3],
-                                out=args.out / "eval")
+                                out=args.out / "eval", checks=args.checks)
     print(f"{args.n_eval} images, Linf 0.3, FGSM then AutoAttack {'+'.join(args.aa)}: "
           f"{time.perf_counter() - t0:.0f} s\n{to_markdown(result.leaderboard)}")
 
