@@ -44,6 +44,9 @@ def main() -> None:
                     help="layers of both LeNet5 members the mixing network reads")
     ap.add_argument("--steps", type=int, default=10, help="PGD steps when training the mixing network")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--only", nargs="+", choices=("accurate", "robust", "fixed", "network"),
+                    default=["accurate", "robust", "fixed", "network"],
+                    help="evaluate only these models (e.g. to split the evaluation over two processes)")
     ap.add_argument("--checks", default="cheap", help="checks of the evaluation (cheap | full | off)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -70,13 +73,15 @@ def main() -> None:
         models[f"adaptive-smoothing alpha={alpha:g} (fixed)"] = build_defense(
             {"name": "adaptive-smoothing", "alpha": alpha}, [accurate, robust])
     models["adaptive-smoothing mixing network"] = build_defense(entry["defense"], [accurate, robust])
+    keys = dict(zip(models, ("accurate", "robust", *(["fixed"] * len(args.alpha)), "network")))
+    models = {name: model for name, model in models.items() if keys[name] in args.only}
     data = load_dataset("mnist", root=mnist)
     idx = 5000 + torch.arange(args.n_eval) * (5000 // args.n_eval)
     aa = {"name": "autoattack", "seed": 0} if args.aa == ["standard"] else \
         {"name": "autoattack", "seed": 0, "version": "custom", "attacks_to_run": args.aa}
     t0 = time.perf_counter()
     result = robustkit.evaluate(models, dataset=(data.x[idx], data.y[idx]), attacks=["fgsm", aa], eps=[0.3],
-                                out=args.out / "eval", checks=args.checks)
+                                out=args.out / f"eval-{'-'.join(args.only)}", checks=args.checks)
     print(f"{args.n_eval} images, Linf 0.3, FGSM then AutoAttack {'+'.join(args.aa)}: "
           f"{time.perf_counter() - t0:.0f} s\n{to_markdown(result.leaderboard)}")
 

@@ -57,8 +57,7 @@ def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, m
     np.savez(tmp_path / "eval.npz", x=(mnist_test.x[200:208].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
              y=mnist_test.y[200:208].numpy())
     config = {"seed": 0, "dataset": {"name": "npz", "root": "eval.npz", "num_classes": 10},
-              "models": [entry, {"name": "fixed", "members": entry["members"],
-                                 "defense": {"name": "adaptive-smoothing", "alpha": 0.5}}],
+              "models": [entry],
               "threat_model": {"norm": "Linf", "eps": [0.3]},
               "attacks": [{"name": "pgd", "steps": 10},
                           {"name": "autoattack", "version": "custom", "attacks_to_run": ["apgd-ce"]}],
@@ -67,8 +66,9 @@ def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, m
     monkeypatch.setenv("ROBUSTKIT_WEIGHTS_DIR", str(shared_dir / "weights"))
     assert main(["eval", "--config", str(tmp_path / "sweep.yaml"), "--quiet"]) == 0
     board = pd.read_csv(tmp_path / "run" / "leaderboard.csv", keep_default_na=False)
-    assert board["flags"].tolist() == ["", ""]  # no check fires on either mixture
-    assert any("adaptive-smoothing(mixing=network" in d and "features=" in d for d in board["defense"])
+    assert board["flags"].tolist() == [""]  # no check fires on the mixture (the full checks ran)
+    assert "adaptive-smoothing(mixing=network" in board["defense"][0] and "features=" in board["defense"][0]
+    assert "checks: full" in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
 
 def test_unknown_layer_is_one_line(shared_dir, lenet5_clean, lenet5_adv, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"robust member has no layer 'maxpool3' \(did you mean \"maxpool[12]\"\?\)"):
