@@ -50,6 +50,8 @@ def main() -> None:
                     help="also evaluate the untransformed mixture at MixedNUTS's calibration clean accuracy at BETA")
     ap.add_argument("--exact-gradient", type=float, default=None, metavar="BETA",
                     help="also attack the mixture at BETA through the exact (masked) gradient")
+    ap.add_argument("--no-members", action="store_true",
+                    help="evaluate only the mixtures (e.g. to split the run over processes)")
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("runs/mixednuts"))
     args = ap.parse_args()
@@ -72,7 +74,7 @@ def main() -> None:
                              generator=torch.Generator().manual_seed(0))
     print(f"calibration: {time.perf_counter() - t0:.0f} s, {record['robust_member_clean_wrong']} clean mistakes and "
           f"{record['robust_member_attack_survivors']} attack survivors of the robust member", flush=True)
-    models = {"accurate: resnet56": accurate, "robust: resnet2b-pgd": robust}
+    models = {} if args.no_members else {"accurate: resnet56": accurate, "robust: resnet2b-pgd": robust}
     points = {}
     for beta in args.betas:
         m = mixed.at_operating_point(beta)

@@ -27,6 +27,8 @@ from robustkit.cli import main as cli
 from robustkit.data import load_dataset
 from robustkit.defenses import build_defense
 from robustkit.engine.leaderboard import to_markdown
+from robustkit.predict import eval_mode
+from robustkit.training import pgd_examples
 from robustkit.zoo import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def main() -> None:
                     help="layers of both LeNet5 members the mixing network reads")
     ap.add_argument("--steps", type=int, default=10, help="PGD steps when training the mixing network")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--only", nargs="+", choices=("accurate", "robust", "fixed", "network"),
+    ap.add_argument("--only", nargs="*", choices=("accurate", "robust", "fixed", "network"),
                     default=["accurate", "robust", "fixed", "network"],
                     help="evaluate only these models (e.g. to split the evaluation over two processes)")
     ap.add_argument("--checks", default="cheap", help="checks of the evaluation (cheap | full | off)")
@@ -74,9 +76,12 @@ def main() -> None:
             {"name": "adaptive-smoothing", "alpha": alpha}, [accurate, robust])
     models["adaptive-smoothing mixing network"] = build_defense(entry["defense"], [accurate, robust])
     keys = dict(zip(models, ("accurate", "robust", *(["fixed"] * len(args.alpha)), "network")))
-    models = {name: model for name, model in models.items() if keys[name] in args.only}
     data = load_dataset("mnist", root=mnist)
     idx = 5000 + torch.arange(args.n_eval) * (5000 // args.n_eval)
+    alpha_report(models["adaptive-smoothing mixing network"], data.x[idx], data.y[idx])
+    models = {name: model for name, model in models.items() if keys[name] in args.only}
+    if not models:
+        return
     aa = {"name": "autoattack", "seed": 0} if args.aa == ["standard"] else \
         {"name": "autoattack", "seed": 0, "version": "custom", "attacks_to_run": args.aa}
     t0 = time.perf_counter()
@@ -84,6 +89,21 @@ def main() -> None:
                                 out=args.out / f"eval-{'-'.join(args.only)}", checks=args.checks)
     print(f"{args.n_eval} images, Linf 0.3, FGSM then AutoAttack {'+'.join(args.aa)}: "
           f"{time.perf_counter() - t0:.0f} s\n{to_markdown(result.leaderboard)}")
+
+
+def alpha_report(mixed: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The mixing network's alpha on the clean images and on PGD-20 examples of the whole mixture: does it see
+    the attack (high alpha) and let the accurate member answer clean images (low alpha)?"""
+    with eval_mode(mixed):  # deployed: the batch norm on gamma uses its running statistics
+        x_adv = pgd_examples(mixed, x, y, eps=0.3, norm="Linf", steps=20, step_size=0.025,
+                             generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), eval_mode(mixed):
+        for label, images in (("clean", x), ("PGD-20 on the mixture", x_adv)):
+            out, gamma = mixed.mix(images)
+            prm = mixed.params
+            alpha = prm["alpha_min"] + (prm["alpha_max"] - prm["alpha_min"]) * torch.sigmoid(gamma)
+            print(f"alpha on {label}: mean {alpha.mean():.3f}, min {alpha.min():.3f}, max {alpha.max():.3f}; "
+                  f"mixture accuracy {100 * (out.argmax(1) == y).float().mean():.0f}%", flush=True)
 
 
 if __name__ == "__main__":
