@@ -27,15 +27,20 @@ def test_fixed_alpha_is_the_papers_mixture(mnist_test, lenet5_clean, lenet5_adv)
                       [lenet5_clean, lenet5_adv])(x)
 
 
-def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, mnist_test, lenet5_clean, lenet5_adv,
-                                                                   tmp_path, monkeypatch):
+def _train_cli(shared_dir, out) -> dict:
+    """A feature-reading mixing network trained by `robustkit train` (tiny: 64 images, 1 epoch); its sweep entry."""
     rc = main(["train", "--method", "mixing-network", "--member", "mnist-lenet5-clean", "--member", "mnist-lenet5-pgd",
                "--accurate-layer", "maxpool2", "--robust-layer", "maxpool1", "--robust-layer", "relu3",
                "--weights-dir", str(shared_dir / "weights"), "--dataset", "mnist", "--root",
                str(shared_dir / "data/mnist"), "--n-examples", "64", "--eval-examples", "32", "--eps", "0.3",
-               "--steps", "2", "--epochs", "1", "--out", str(tmp_path), "--quiet"])
+               "--steps", "2", "--epochs", "1", "--out", str(out), "--quiet"])
     assert rc == 0
-    entry = yaml.safe_load((tmp_path / "mnist-adaptive-smoothing.yaml").read_text())
+    return yaml.safe_load((out / "mnist-adaptive-smoothing.yaml").read_text())
+
+
+def test_mixing_network_reads_hooked_features_and_is_attacked_end_to_end(shared_dir, mnist_test, lenet5_clean,
+                                                                         lenet5_adv, tmp_path):
+    entry = _train_cli(shared_dir, tmp_path)
     check_model_entry(entry)  # a valid sweep model entry
     assert entry["defense"]["features"] == [["maxpool2"], ["maxpool1", "relu3"]]
     mixed = build_defense(entry["defense"], [lenet5_clean, lenet5_adv])
@@ -53,7 +58,12 @@ def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, m
     held = torch.log((1 - a) * F.softmax(lenet5_clean(x2), 1) + a * F.softmax(lenet5_adv(x2), 1))
     (grad_held,) = torch.autograd.grad(F.nll_loss(held, mnist_test.y[100:108]), x2)
     assert not torch.allclose(grad, grad_held)
-    # as a user runs it: the written entry pasted into a sweep config, `robustkit eval --checks full`
+
+
+@pytest.mark.slow  # the full checks on the mixture: minutes of CPU
+def test_robustkit_eval_full_checks_raise_no_flag(shared_dir, mnist_test, tmp_path, monkeypatch):
+    # as a user runs it: the entry `robustkit train` wrote, pasted into a sweep config, `robustkit eval --checks full`
+    entry = _train_cli(shared_dir, tmp_path)
     np.savez(tmp_path / "eval.npz", x=(mnist_test.x[200:208].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
              y=mnist_test.y[200:208].numpy())
     config = {"seed": 0, "dataset": {"name": "npz", "root": "eval.npz", "num_classes": 10},
@@ -69,6 +79,7 @@ def test_mixing_network_trained_by_the_cli_and_attacked_end_to_end(shared_dir, m
     assert board["flags"].tolist() == [""]  # no check fires on the mixture (the full checks ran)
     assert "adaptive-smoothing(mixing=network" in board["defense"][0] and "features=" in board["defense"][0]
     assert "checks: full" in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+
 
 def test_unknown_layer_is_one_line(shared_dir, lenet5_clean, lenet5_adv, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"robust member has no layer 'maxpool3' \(did you mean \"maxpool[12]\"\?\)"):
