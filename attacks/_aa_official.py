@@ -145,14 +145,16 @@ class OfficialEnsemble:
 
     ``early_exit``: APGD-CE/-DLR/-T on Linf and L2 run with :mod:`robustkit.attacks._apgd_native` (the
     official algorithm, dropping each sample once broken, and, on a ``deterministic`` model, once at a
-    fixed point; same per-sample verdicts under the same seed). FAB and Square always run the official
-    classes.
+    fixed point; same per-sample verdicts under the same seed); FAB-T too on a deterministic model
+    (:mod:`robustkit.attacks._fab_native`, its target classes side by side in at most ``max_rows`` rows).
+    Untargeted FAB and Square run the official classes.
     """
 
     def __init__(self, model: nn.Module, norm: str, plan: list[ComponentPlan], seed: int, device: torch.device,
                  early_exit: bool = True, package: OfficialPackage | None = None,
-                 deterministic: bool = True) -> None:
+                 deterministic: bool = True, max_rows: int | None = None) -> None:
         self.package = package or require_official()
+        self._max_rows = max_rows  # the caller's batch: the most rows a batched FAB-T run may hold
         self._model = model
         self._norm = norm
         self._plan = {c.name: c for c in plan}
@@ -203,7 +205,8 @@ class OfficialEnsemble:
         return _fab_native.perturb_targeted(self._model, x, y, eps=eps, norm=self._norm, projection=projection,
                                             n_iter=plan.n_iter, n_restarts=plan.n_restarts,
                                             n_target_classes=plan.n_target_classes, alpha_max=plan.alpha_max,
-                                            eta=plan.eta, beta=plan.beta, seed=self._seed).detach()
+                                            eta=plan.eta, beta=plan.beta, seed=self._seed,
+                                            max_rows=self._max_rows).detach()
 
     def _component(self, plan: ComponentPlan, eps: float) -> Any:
         """A fresh official component object, set as the official constructor + ``set_version`` set it."""

@@ -95,25 +95,20 @@ def _step(model: nn.Module, x1: torch.Tensor, im2: torch.Tensor, la: torch.Tenso
     return ((x1 + eta * d1) * (1 - alpha) + (im2 + d2 * eta) * alpha).clamp(0.0, 1.0)
 
 
-def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, target_class: int, eps: float, norm: str,
-               n_iter: int, alpha_max: float, eta: float, beta: float, projection: Projection,
-               rand_start: bool = False, skip_fixed_points: bool = True) -> torch.Tensor:
-    """One official targeted ``attack_single_run`` (target: the ``target_class``-th highest logit), with the
-    per-sample exits of the module docstring. Returns the batch with each sample's smallest adversarial
-    point found (the clean input where none was found), as the official run does."""
-    with torch.no_grad():
-        out = model(x)  # the official run makes two forward passes of x here, for the same two answers
-    correct = out.max(1)[1] == y
-    result = x.clone()
-    if not bool(correct.any()):
-        return result
-    rows = correct.nonzero().squeeze(1)
-    target = out.sort(dim=-1)[1][:, -target_class][rows]
-    im2, la2 = x[rows].clone(), y[rows].clone()
+def run_rows(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, target: torch.Tensor, sample: torch.Tensor, *,
+             eps: float, norm: str, n_iter: int, alpha_max: float, eta: float, beta: float, projection: Projection,
+             rand_start: bool = False, skip_fixed_points: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official targeted ``attack_single_run`` on rows (clean input ``im2``, label ``la2``, target class
+    ``target``), with the per-sample exits of the module docstring.
+
+    ``sample`` names the sample each row attacks: a sample found adversarial within ``eps`` by one of its
+    rows leaves with all its rows (its verdict is "broken" whatever they would find). Returns, per row, the
+    smallest adversarial point found (the clean input where none was) and its norm (1e10 where none)."""
     x1 = _random_start(im2, eps, norm) if rand_start else im2.clone()
     adv = im2.clone()
-    res2 = 1e10 * torch.ones([im2.shape[0]], device=x.device)
-    live = torch.arange(im2.shape[0], device=x.device)  # row in im2 of each sample still iterated
+    res2 = 1e10 * torch.ones([im2.shape[0]], device=im2.device)
+    broken = torch.zeros(int(sample.max()) + 1 if sample.numel() else 0, dtype=torch.bool, device=im2.device)
+    live = torch.arange(im2.shape[0], device=im2.device)  # row of each row still iterated
     for _ in range(n_iter):
         if live.numel() == 0:
             break
@@ -128,42 +123,61 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, target_cla
                 adv[now] = x_new[is_adv] * better + adv[now] * worse
                 res2[now] = t * (t < res2[now]).float() + res2[now] * (t >= res2[now]).float()
                 x_new[is_adv] = im2[now] + (x_new[is_adv] - im2[now]) * beta
-            done = res2[live] <= eps  # broken within eps: the final verdict can only be "broken"
+                broken[sample[now[res2[now] <= eps]]] = True  # within eps: the final verdict is "broken"
+            done = broken[sample[live]]
             if skip_fixed_points:
                 done = done | fixed
             x1 = x_new[~done]
             live = live[~done]
-    found = res2 < 1e10
-    result[rows[found]] = adv[found]
-    return result
+    return adv, res2
 
 
 def perturb_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                      projection: Projection, n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9,
                      alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, seed: int = 0,
-                     skip_fixed_points: bool = True) -> torch.Tensor:
+                     skip_fixed_points: bool = True, max_rows: int | None = None) -> torch.Tensor:
     """The official ``FABAttack.perturb`` with ``targeted``: for each of the ``n_target_classes`` highest
     other classes (each ``n_restarts`` times), a run on the samples still robust; a sample counts as broken
-    when its returned point is misclassified and within ``eps``."""
+    when its returned point is misclassified and within ``eps``.
+
+    With one restart (AutoAttack's FAB-T) nothing random is drawn, and each (sample, target class) run is a
+    function of that sample and target alone, so the target classes run side by side as rows of one batch,
+    as many as fit in ``max_rows`` rows (default: ``x``'s batch size, so memory never exceeds what the
+    official run holds for this batch): the same runs, hence the same verdicts, in fewer and larger batches. The official order (target by target, each on the samples the earlier ones left) only
+    decides which runs are skipped; here a sample leaves all its rows once one of them breaks it. With
+    restarts, the random starts depend on how many samples each earlier run left, so the runs go one by one
+    in the official order."""
     if norm not in NORMS:
         raise ValueError(f"native FAB-T supports {NORMS}, not {norm}")
     x = x.detach().clone().float()
     y = y.detach().clone().long()
     adv = x.clone()
+    common = dict(eps=eps, norm=norm, n_iter=n_iter, alpha_max=alpha_max, eta=eta, beta=beta,
+                  projection=projection, skip_fixed_points=skip_fixed_points)
     with torch.no_grad():
         acc = model(x).max(1)[1] == y
         torch.random.manual_seed(seed)
         if torch.cuda.is_available():
             torch.cuda.random.manual_seed(seed)
-        for target_class in range(2, n_target_classes + 2):
-            for restart in range(n_restarts):
-                idx = acc.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    continue
-                cur = single_run(model, x[idx], y[idx], target_class=target_class, eps=eps, norm=norm,
-                                 n_iter=n_iter, alpha_max=alpha_max, eta=eta, beta=beta, projection=projection,
-                                 rand_start=restart > 0, skip_fixed_points=skip_fixed_points)
-                still = (model(cur).max(1)[1] == y[idx]) | (_norm_rows(x[idx] - cur, norm) > eps)
-                acc[idx[~still]] = False
-                adv[idx[~still]] = cur[~still]
+        classes = list(range(2, n_target_classes + 2))
+        if n_restarts == 1:  # groups of target classes side by side
+            per_group = max(max(max_rows or 0, x.shape[0]) // max(int(acc.sum()), 1), 1)
+            schedule = [(classes[i:i + per_group], False) for i in range(0, len(classes), per_group)]
+        else:  # one run at a time, in the official order
+            schedule = [([k], restart > 0) for k in classes for restart in range(n_restarts)]
+        for group, rand_start in schedule:
+            idx = acc.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            order = model(x[idx]).sort(dim=-1)[1]  # the official run's targets: its k-th highest logits
+            target = torch.cat([order[:, -k] for k in group])
+            sample = torch.arange(idx.numel(), device=x.device).repeat(len(group))
+            xs, ys = x[idx][sample], y[idx][sample]
+            cur, _ = run_rows(model, xs, ys, target, sample, rand_start=rand_start, **common)
+            hit = (model(cur).max(1)[1] != ys) & (_norm_rows(xs - cur, norm) <= eps)
+            for row in hit.nonzero().squeeze(1).tolist():  # the first breaking row of each sample counts
+                i = int(idx[sample[row]])
+                if bool(acc[i]):
+                    acc[i] = False
+                    adv[i] = cur[row]
     return adv

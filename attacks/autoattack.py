@@ -188,7 +188,7 @@ class AutoAttack(Attack):
         if self.package is not None:
             official = _aa_official.OfficialEnsemble(model, norm, plan, seed, x.device,
                                                      early_exit=self.params["early_exit"], package=self.package,
-                                                     deterministic=not randomized)
+                                                     deterministic=not randomized, max_rows=x.shape[0])
             with _isolated_rng(x.device):
                 official.sanity_checks(x, y, self.params["version"])
             run: ComponentRunner = official.run

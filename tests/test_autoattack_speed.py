@@ -266,6 +266,43 @@ def test_fab_t_exits_keep_the_official_verdicts(norm, eps):
     assert nat_total < off_total, "broken samples leave their runs"
 
 
+def test_fab_t_target_classes_side_by_side_keep_the_official_verdicts():
+    """FAB-T's target classes run as rows of one batch (max_rows permitting): the same verdicts as the
+    official target-by-target loop, whether the classes run one at a time, a few or all nine together, on
+    a batch where later target classes break samples the first one missed."""
+    pkg = _aa_official.require_official()
+    model = tiny_model(2)
+    x, y = tiny_batch(model, 24)
+    projection = importlib.import_module(f"{pkg.distribution}.fab_projections").projection_linf
+
+    def official(n_targets: int) -> torch.Tensor:
+        attack = pkg.fab.FABAttack_PT(model, norm="Linf", n_restarts=1, n_iter=100, eps=0.05, seed=0,
+                                      device="cpu", n_target_classes=n_targets)
+        attack.targeted = True
+        return _verdicts(model, attack.perturb(x, y), y)
+
+    off = official(9)
+    assert int(off.sum()) > int(official(1).sum()) > 0, "later target classes break more samples"
+    assert 0 < int(off.sum()) < 24
+    calls = []
+    real_step = _fab_native._step
+
+    def step(model_, x1, *args, **kwargs):
+        calls.append(x1.shape[0])
+        return real_step(model_, x1, *args, **kwargs)
+
+    for max_rows in (None, 60, 24 * 9):
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_fab_native, "_step", step)
+            nat = _verdicts(model, _fab_native.perturb_targeted(model, x, y, eps=0.05, norm="Linf",
+                                                                projection=projection, max_rows=max_rows), y)
+        assert torch.equal(off, nat), max_rows
+        assert max(calls) <= max(max_rows or 0, 24), "never more rows than allowed"
+        if max_rows == 24 * 9:
+            assert calls[0] == 24 * 9, "all nine target classes in one batch"
+
+
 def test_fab_t_exits_keep_the_official_verdicts_on_real_data(lenet5_clean, mnist_test):
     pkg = _aa_official.require_official()
     x, y = mnist_test.x[:8], mnist_test.y[:8]
