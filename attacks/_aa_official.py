@@ -145,7 +145,8 @@ class OfficialEnsemble:
 
     ``early_exit``: APGD-CE/-DLR/-T on Linf and L2 run with :mod:`robustkit.attacks._apgd_native` (the
     official algorithm, dropping each sample once broken, and, on a ``deterministic`` model, once at a
-    fixed point; same per-sample verdicts under the same seed); FAB-T too on a deterministic model
+    fixed point, its restarts and target classes side by side in at most ``max_rows`` rows; same
+    per-sample verdicts under the same seed); FAB-T too on a deterministic model
     (:mod:`robustkit.attacks._fab_native`, its target classes side by side in at most ``max_rows`` rows).
     Untargeted FAB and Square run the official classes.
     """
@@ -154,7 +155,9 @@ class OfficialEnsemble:
                  early_exit: bool = True, package: OfficialPackage | None = None,
                  deterministic: bool = True, max_rows: int | None = None) -> None:
         self.package = package or require_official()
-        self._max_rows = max_rows  # the caller's batch: the most rows a batched FAB-T run may hold
+        # the most rows runs side by side may hold: the caller's batch; one run at a time on a randomized
+        # model (its noise comes from the generator the speculative starts are drawn from and set back)
+        self._max_rows = max_rows if deterministic else 1
         self._model = model
         self._norm = norm
         self._plan = {c.name: c for c in plan}
@@ -194,8 +197,8 @@ class OfficialEnsemble:
                 return self._fab_t(plan, float(eps), x, y)
             if name == "apgd-t":
                 return _apgd_native.perturb_targeted(self._model, x, y, n_target_classes=plan.n_target_classes,
-                                                     **common).detach()
-            return _apgd_native.perturb(self._model, x, y, loss=plan.loss, **common).detach()
+                                                     max_rows=self._max_rows, **common).detach()
+            return _apgd_native.perturb(self._model, x, y, loss=plan.loss, max_rows=self._max_rows, **common).detach()
         return self._component(plan, float(eps)).perturb(x, y).detach()
 
     def _fab_t(self, plan: ComponentPlan, eps: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -140,13 +140,22 @@ def _gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, y_target: 
     return grad, logits.detach(), loss_indiv.detach()
 
 
+def draw_noise(shape: torch.Size, norm: str) -> torch.Tensor:
+    """The official random start's draw (on the CPU generator, as the official code draws it)."""
+    return torch.rand(shape) if norm == "Linf" else torch.randn(shape)
+
+
 def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, n_iter: int,
                loss: str, eot_iter: int = 1, rho: float = 0.75, y_target: torch.Tensor | None = None,
-               x_init: torch.Tensor | None = None, skip_fixed_points: bool = True) -> RunResult:
+               x_init: torch.Tensor | None = None, skip_fixed_points: bool = True,
+               noise: torch.Tensor | None = None, group: torch.Tensor | None = None) -> RunResult:
     """One APGD run (the official ``attack_single_run`` for Linf/L2), dropping samples once broken.
 
     ``skip_fixed_points``: also drop samples at a fixed point (module docstring). Its proof needs a
     deterministic model; with ``eot_iter`` > 1 (a randomized model) it is off whatever is asked.
+    ``noise``: the random start's draw (:func:`draw_noise`) when the caller drew it; ``group``: with rows
+    from several speculative runs (:func:`_restarts`), each row's run; once a row breaks its sample, the
+    rows of later runs are dropped (they are discarded anyway).
     """
     if norm not in NORMS:
         raise ValueError(f"native APGD supports {NORMS}, not {norm}")
@@ -154,7 +163,8 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     n = x.shape[0]
     device = x.device
     # random start, drawn on the CPU for the whole batch as the official code does (same stream, same values)
-    t = 2 * torch.rand(x.shape).to(device).detach() - 1 if norm == "Linf" else torch.randn(x.shape).to(device).detach()
+    t = (noise if noise is not None else draw_noise(x.shape, norm)).to(device).detach()
+    t = 2 * t - 1 if norm == "Linf" else t
     x_adv = x + eps * torch.ones_like(x).detach() * _normalize(t, norm)
     if x_init is not None:
         x_adv = x_init.clone()
@@ -167,6 +177,7 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     out_frozen = torch.zeros(n, dtype=torch.bool, device=device)
     skip_fixed_points = skip_fixed_points and eot_iter == 1
     live = torch.arange(n, device=device)  # original row of each row still iterated
+    first_broken = [None]  # the earliest ``group`` that broke a sample so far
 
     x_best = x_adv.clone()
     grad, logits, loss_indiv = _gradient(model, x_adv, y, y_target, loss_fn, eot_iter)
@@ -185,7 +196,8 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     def keep(mask: torch.Tensor) -> None:
         """Drop the rows not in ``mask`` from every per-sample tensor of the run."""
         nonlocal x, y, y_target, x_adv, x_adv_old, x_best, grad, grad_best, acc, loss_best, step_size
-        nonlocal loss_steps, loss_best_last_check, reduced_last_check, live
+        nonlocal loss_steps, loss_best_last_check, reduced_last_check, live, group
+        group = group[mask] if group is not None else None
         x, y, x_adv, x_adv_old, x_best = x[mask], y[mask], x_adv[mask], x_adv_old[mask], x_best[mask]
         y_target = y_target[mask] if y_target is not None else None
         grad, grad_best, acc, loss_best, step_size = grad[mask], grad_best[mask], acc[mask], loss_best[mask], step_size[mask]
@@ -193,13 +205,18 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         loss_best_last_check, reduced_last_check = loss_best_last_check[mask], reduced_last_check[mask]
 
     def retire_broken(x_now: torch.Tensor) -> torch.Tensor:
-        """Record the samples misclassified at ``x_now`` as broken and drop them; returns the rows kept."""
+        """Record the samples misclassified at ``x_now`` as broken and drop them, with the rows of runs
+        after the earliest run that broke one (``group``); returns the rows kept."""
         done = ~acc
         if bool(done.any()):
             rows = live[done]
             out_broken[rows] = True
             out_adv[rows] = x_now[done].detach()
             out_best[rows] = x_now[done].detach()
+            if group is not None:
+                first = int(group[done].min())
+                first_broken[0] = first if first_broken[0] is None else min(first_broken[0], first)
+                done = done | (group > first_broken[0])
             keep(~done)
         return ~done
 
@@ -266,47 +283,86 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     return RunResult(out_broken, out_adv, out_best, out_loss, out_frozen)
 
 
-def _restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, runs: list[int],
-              run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], RunResult]) -> torch.Tensor:
+# run(x rows, y rows, the runs' entries, their noise, each row's run) -> RunResult
+BatchRun = Callable[[torch.Tensor, torch.Tensor, list[int], torch.Tensor, torch.Tensor], RunResult]
+
+
+def _restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, runs: list[int], norm: str,
+              run: BatchRun, max_rows: int | None) -> torch.Tensor:
     """The official ``perturb`` loop: clean verdicts, re-seed, then each run (restart / target class) on the
-    samples still robust; returns the batch with every broken sample's adversarial point."""
+    samples still robust; returns the batch with every broken sample's adversarial point.
+
+    Runs go side by side as rows of one batch, as many as fit in ``max_rows`` rows (default: ``x``'s
+    batch size, so never more memory than the official run of this batch; 1: one run at a time, which a
+    randomized model needs, its noise coming from the same generator). Each official run draws its
+    random start from the stream for the samples the earlier runs left, so a batch of runs is speculative:
+    its starts are drawn as if no run broke anything. The runs up to the first one that breaks a sample
+    are exactly the official runs (nothing broke before it, so their starts are right); that run's breaks
+    count, the generator is set back to where the official code is after that run, and the later runs
+    are drawn again for the samples left. Same runs, same verdicts; passes spent on the discarded runs are
+    the price (their rows leave as soon as an earlier run breaks a sample)."""
     x = x.detach().clone().float()
     y = y.detach().clone().long()
     with torch.no_grad():
         acc = model(x).max(1)[1] == y
     adv = x.clone()
     _seed_all(seed)
-    for k in runs:
+    j = 0
+    while j < len(runs):
         idx = acc.nonzero().squeeze(1)
-        if idx.numel():
-            res = run(x[idx], y[idx], idx, k)
-            acc[idx[res.broken]] = False
-            adv[idx[res.broken]] = res.x_adv[res.broken]
+        n = idx.numel()
+        if n == 0:
+            break
+        width = min(len(runs) - j, max((x.shape[0] if max_rows is None else max_rows) // n, 1))
+        noises, states = [], []
+        for _ in range(width):  # each run's start, in the official order and shapes
+            noises.append(draw_noise(x[idx].shape, norm))
+            states.append(torch.get_rng_state())
+        group = torch.arange(width, device=x.device).repeat_interleave(n)
+        res = run(x[idx].repeat(width, *[1] * (x.dim() - 1)), y[idx].repeat(width), runs[j:j + width],
+                  torch.cat(noises), group)
+        broken = res.broken.view(width, n)
+        hit = broken.any(1).nonzero().squeeze(1)
+        last = int(hit[0]) if hit.numel() else width - 1  # the runs 0..last are the official ones
+        if last < width - 1:
+            torch.set_rng_state(states[last])
+        rows = broken[last].nonzero().squeeze(1)
+        acc[idx[rows]] = False
+        adv[idx[rows]] = res.x_adv.view(width, n, *x.shape[1:])[last][rows]
+        j += last + 1
     return adv
 
 
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, n_iter: int = 100,
             n_restarts: int = 1, loss: str = "ce", eot_iter: int = 1, rho: float = 0.75, seed: int = 0,
-            skip_fixed_points: bool = True) -> torch.Tensor:
+            skip_fixed_points: bool = True, max_rows: int | None = None) -> torch.Tensor:
     """The official ``APGDAttack.perturb`` (untargeted CE or DLR): restarts on the still-robust samples."""
-    return _restarts(model, x, y, seed, list(range(n_restarts)), lambda xs, ys, idx, k: single_run(
-        model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss=loss, eot_iter=eot_iter, rho=rho,
-        skip_fixed_points=skip_fixed_points))
+    def run(xs: torch.Tensor, ys: torch.Tensor, entries: list[int], noise: torch.Tensor,
+            group: torch.Tensor) -> RunResult:
+        return single_run(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss=loss, eot_iter=eot_iter, rho=rho,
+                          skip_fixed_points=skip_fixed_points, noise=noise, group=group)
+
+    return _restarts(model, x, y, seed, list(range(n_restarts)), norm, run, max_rows)
 
 
 def perturb_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                      n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9, eot_iter: int = 1,
-                     rho: float = 0.75, seed: int = 0, skip_fixed_points: bool = True) -> torch.Tensor:
+                     rho: float = 0.75, seed: int = 0, skip_fixed_points: bool = True,
+                     max_rows: int | None = None) -> torch.Tensor:
     """The official ``APGDAttack_targeted.perturb``: the k highest-scoring other classes in turn (each
     ``n_restarts`` times), each on the samples still robust, targeted DLR loss."""
-    def run(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, target_class: int) -> RunResult:
-        with torch.no_grad():
-            y_target = model(xs).sort(dim=1)[1][:, -target_class]
+    def run(xs: torch.Tensor, ys: torch.Tensor, entries: list[int], noise: torch.Tensor,
+            group: torch.Tensor) -> RunResult:
+        n = xs.shape[0] // len(entries)
+        with torch.no_grad():  # the official run's targets: the k-th highest logits of the samples it gets
+            order = model(xs[:n]).sort(dim=1)[1]
+        y_target = torch.cat([order[:, -k] for k in entries])
         return single_run(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss="dlr-targeted",
-                          eot_iter=eot_iter, rho=rho, y_target=y_target, skip_fixed_points=skip_fixed_points)
+                          eot_iter=eot_iter, rho=rho, y_target=y_target, skip_fixed_points=skip_fixed_points,
+                          noise=noise, group=group)
 
     runs = [t for t in range(2, n_target_classes + 2) for _ in range(n_restarts)]
-    return _restarts(model, x, y, seed, runs, run)
+    return _restarts(model, x, y, seed, runs, norm, run, max_rows)
 
 
 def _seed_all(seed: int) -> None:

@@ -161,7 +161,7 @@ def perturb_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
             torch.cuda.random.manual_seed(seed)
         classes = list(range(2, n_target_classes + 2))
         if n_restarts == 1:  # groups of target classes side by side
-            per_group = max(max(max_rows or 0, x.shape[0]) // max(int(acc.sum()), 1), 1)
+            per_group = max((x.shape[0] if max_rows is None else max_rows) // max(int(acc.sum()), 1), 1)
             schedule = [(classes[i:i + per_group], False) for i in range(0, len(classes), per_group)]
         else:  # one run at a time, in the official order
             schedule = [([k], restart > 0) for k in classes for restart in range(n_restarts)]

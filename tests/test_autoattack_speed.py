@@ -234,6 +234,40 @@ def test_apgd_t_fixed_point_exit_keeps_the_official_verdicts_per_target_class():
             assert on.total < off_skip.total / 10
 
 
+@pytest.mark.parametrize("norm, eps, seed", [("Linf", 0.08, 3), ("L2", 0.4, 2)])
+def test_apgd_runs_side_by_side_keep_the_official_random_stream(norm, eps, seed, monkeypatch):
+    """APGD-T's target classes and APGD's restarts run side by side on speculative random starts; a run
+    that breaks a sample sets the generator back and the later runs are drawn again. With 1, 3 or all 9
+    runs per batch: the official verdicts, and the generator ends where the official loop leaves it, on a
+    model where later restarts and target classes break samples the first run missed."""
+    pkg = _aa_official.require_official()
+    model = tiny_model(seed)
+    x, y = tiny_batch(model, 24)
+    common = dict(n_iter=3, norm=norm, eps=eps, seed=0, device="cpu")
+
+    def official(attack) -> tuple[torch.Tensor, torch.Tensor]:
+        adv = attack.perturb(x, y)
+        return _verdicts(model, adv, y), torch.get_rng_state()
+
+    off_t, state_t = official(pkg.apgd.APGDAttack_targeted(model, n_target_classes=9, **common))
+    first_t, _ = official(pkg.apgd.APGDAttack_targeted(model, n_target_classes=1, **common))
+    off_r, state_r = official(pkg.apgd.APGDAttack(model, n_restarts=4, loss="dlr", **common))
+    first_r, _ = official(pkg.apgd.APGDAttack(model, n_restarts=1, loss="dlr", **common))
+    assert int(first_t.sum()) < int(off_t.sum()) < 24 or int(first_r.sum()) < int(off_r.sum()) < 24
+    rollbacks = []
+    real_set = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: (rollbacks.append(1), real_set(state)))
+    for max_rows in (24, 72, 24 * 9):
+        nat = _apgd_native.perturb_targeted(model, x, y, eps=eps, norm=norm, n_iter=3, seed=0, max_rows=max_rows)
+        assert torch.equal(off_t, _verdicts(model, nat, y)), max_rows
+        assert torch.equal(state_t, torch.get_rng_state()), max_rows
+        nat = _apgd_native.perturb(model, x, y, eps=eps, norm=norm, n_iter=3, n_restarts=4, loss="dlr", seed=0,
+                                   max_rows=max_rows)
+        assert torch.equal(off_r, _verdicts(model, nat, y)), max_rows
+        assert torch.equal(state_r, torch.get_rng_state()), max_rows
+    assert rollbacks, "a batch of runs was cut short by a break and drawn again"
+
+
 def _fab_t(pkg, model, x, y, eps, norm, n_restarts=1):
     official = pkg.fab.FABAttack_PT(model, norm=norm, n_restarts=n_restarts, n_iter=100, eps=eps, seed=0,
                                     device="cpu", n_target_classes=9)
