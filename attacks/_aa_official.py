@@ -30,7 +30,7 @@ from torch import nn
 
 from robustkit.errors import ConfigError
 
-from . import _apgd_native, _fab_native
+from . import _apgd_native, _fab_native, _square_native
 from ._aa_reference import ComponentPlan
 
 INSTALL_HINT = "pip install pyautoattack (or the git install: pip install git+https://github.com/fra31/auto-attack)"
@@ -147,8 +147,9 @@ class OfficialEnsemble:
     official algorithm, dropping each sample once broken, and, on a ``deterministic`` model, once at a
     fixed point, its restarts and target classes side by side in at most ``max_rows`` rows; same
     per-sample verdicts under the same seed); FAB-T too on a deterministic model
-    (:mod:`robustkit.attacks._fab_native`, its target classes side by side in at most ``max_rows`` rows).
-    Untargeted FAB and Square run the official classes.
+    (:mod:`robustkit.attacks._fab_native`, its target classes side by side in at most ``max_rows`` rows);
+    Linf Square on a deterministic model with :mod:`robustkit.attacks._square_native` (the official result
+    bit for bit, fewer torch calls per query). Untargeted FAB and L2/L1 Square run the official classes.
     """
 
     def __init__(self, model: nn.Module, norm: str, plan: list[ComponentPlan], seed: int, device: torch.device,
@@ -182,13 +183,18 @@ class OfficialEnsemble:
         self.package.checks.check_range_output(self._model, x, logger=self._log)
 
     def uses_native(self, name: str) -> bool:
-        """APGD-CE/-DLR/-T on Linf/L2 with early exit; FAB-T too on a deterministic model (its exits need one)."""
+        """APGD-CE/-DLR/-T on Linf/L2 with early exit; FAB-T too on a deterministic model (its exits need one);
+        Square on Linf on a deterministic model (its draws are batched ahead of the model's calls)."""
         if not self._early_exit or self._norm not in _apgd_native.NORMS:
             return False
+        if name == "square":
+            return self._deterministic and self._norm in _square_native.NORMS
         return name.startswith("apgd") or (name == "fab-t" and self._deterministic)
 
     def run(self, name: str, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         plan = self._plan[name]
+        if name == "square":
+            return self._square(plan, float(eps), x, y)
         if self.uses_native(name):
             common = dict(eps=float(eps), norm=self._norm, n_iter=plan.n_iter, n_restarts=plan.n_restarts,
                           eot_iter=plan.eot_iter, rho=plan.rho, seed=self._seed,
@@ -210,6 +216,13 @@ class OfficialEnsemble:
                                             n_target_classes=plan.n_target_classes, alpha_max=plan.alpha_max,
                                             eta=plan.eta, beta=plan.beta, seed=self._seed,
                                             max_rows=self._max_rows).detach()
+
+    def _square(self, plan: ComponentPlan, eps: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Linf Square natively where it returns the official result bit for bit, else the official class."""
+        if self.uses_native("square") and plan.loss == "margin" and _square_native.can_reproduce(x, eps):
+            return _square_native.perturb(self._model, x, y, eps=eps, n_queries=plan.n_queries,
+                                          n_restarts=plan.n_restarts, p_init=plan.p_init, seed=self._seed)
+        return self._component(plan, eps).perturb(x, y).detach()
 
     def _component(self, plan: ComponentPlan, eps: float) -> Any:
         """A fresh official component object, set as the official constructor + ``set_version`` set it."""

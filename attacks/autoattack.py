@@ -9,8 +9,10 @@ approximation with convenient defaults. Two implementations are offered:
   the APGD components on Linf/L2 run robustkit's transcription of the official APGD that stops iterating a
   sample once it is broken or at a fixed point (:mod:`robustkit.attacks._apgd_native`), and FAB-T (on a
   deterministic model) a transcription of the official FAB-T with the same two exits
-  (:mod:`robustkit.attacks._fab_native`): same per-sample verdicts under the same seed, fewer passes.
-  ``early_exit: false`` runs every component from the official package unchanged.
+  (:mod:`robustkit.attacks._fab_native`): same per-sample verdicts under the same seed, fewer passes. Linf
+  Square (on a deterministic model) runs :mod:`robustkit.attacks._square_native`, which returns the official
+  class's result bit for bit with fewer torch calls per query. ``early_exit: false`` runs every component
+  from the official package unchanged.
 * ``torchattacks``: the same ensemble built from torchattacks' APGD, APGD-T, FAB and Square with the
   reference parameters of :mod:`robustkit.attacks._aa_reference`, kept as a cross-check. Linf and L2 only.
 
@@ -119,7 +121,8 @@ class AutoAttack(Attack):
         "attacks_to_run": None,     # version custom only: list of apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square
         "seed": None,               # None: drawn from the engine's generator (0 without one)
         "implementation": "auto",   # auto (the official components) | official | torchattacks
-        "early_exit": True,         # official: APGD/FAB-T stop iterating a sample once decided (same verdicts)
+        "early_exit": True,         # official: APGD/FAB-T stop iterating a sample once decided (same verdicts);
+                                    # Linf Square runs natively (the official result, bit for bit)
     }
 
     def __init__(self, **params: Any) -> None:
@@ -146,7 +149,8 @@ class AutoAttack(Attack):
         self.use_official = self.package is not None
         # what actually runs; recorded by config() into leaderboards, provenance and job identities
         if self.package is not None:
-            self.implementation = self.package.label + (" (APGD, FAB-T early exit)" if self.params["early_exit"] else "")
+            native = " (APGD, FAB-T early exit; native Square)" if self.params["early_exit"] else ""
+            self.implementation = self.package.label + native
         else:
             self.implementation = f"torchattacks-{_aa_torchattacks.torchattacks_version()} (reference parameters)"
 

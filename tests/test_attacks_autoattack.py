@@ -335,18 +335,21 @@ def test_official_adapter_records_the_breaking_component(monkeypatch):
     assert sum(e[3] for e in square_runs) == 5 - len(broken)
 
 
-def test_early_exit_runs_apgd_natively_and_the_rest_from_the_official_classes(monkeypatch):
+def test_early_exit_runs_apgd_and_linf_square_natively_and_the_rest_from_the_official_classes(monkeypatch):
     log: list = []
     monkeypatch.setattr(_aa_official, "load_official", lambda: _fake_package(log))
     model = tiny_model()
     x, y = tiny_batch(model, 6)
     attack = AutoAttack(version="custom", attacks_to_run=["apgd-ce", "square"], seed=1)
-    assert attack.implementation == "pyautoattack-0.0-test (APGD, FAB-T early exit)"
+    assert attack.implementation == "pyautoattack-0.0-test (APGD, FAB-T early exit; native Square)"
     with pytest.warns(_aa_official.OfficialAutoAttackWarning):
         result = attack(model, x, y, ThreatModel("Linf", 0.5))
     assert not [e for e in log if e[0] == "run" and e[1].startswith("apgd")]
     assert "apgd-ce" in result.info["broken_by"]
+    assert not [e for e in log if e[0] == "run" and e[1] == "square"]  # Linf Square runs natively too
+    result = attack(model, x, y, ThreatModel("L2", 0.2))  # L2 Square: the official class
     robust_left = result.info["broken_by"].count(None)
+    assert robust_left > 0
     assert sum(e[3] for e in log if e[0] == "run" and e[1] == "square") == robust_left
 
 

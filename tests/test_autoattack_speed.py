@@ -108,7 +108,7 @@ def test_default_autoattack_names_the_official_components_with_their_version():
     attack = build_attack({"name": "autoattack"})
     pkg = _aa_official.load_official()
     assert attack.use_official and pkg is not None
-    assert attack.config()["implementation"] == f"{pkg.label} (APGD, FAB-T early exit)"
+    assert attack.config()["implementation"] == f"{pkg.label} (APGD, FAB-T early exit; native Square)"
     assert pkg.label in ("pyautoattack-" + importlib.metadata.version("pyautoattack"), "autoattack-0.1")
     assert build_attack({"name": "autoattack", "early_exit": False}).implementation == pkg.label
     assert build_attack({"name": "autoattack", "implementation": "torchattacks"}).implementation.startswith(
