@@ -23,25 +23,30 @@ compares them with ``torch.equal`` and bitwise). Why each change keeps every val
   (ascending) order, and compacted again only when one leaves; the model sees the same batches (same rows,
   same order, same size), so it returns the same logits. A sample leaves exactly when the official one
   stops being indexed: its best margin is no longer > 0 (fooled, or NaN).
+* **One clamp.** The official new point is ``x_best + delta`` clamped to ``[x - eps, x + eps]``, then to
+  ``[0, 1]``. For ``x`` in ``[0, 1]`` and eps > 0 the two intervals meet, so the two clamps are one clamp
+  to their intersection ``[max(x - eps, 0), min(x + eps, 1)]`` (computed once per set of live samples):
+  a clamp returns one of its operands, and both forms return the same one's value.
 * **Margin without the unused cross-entropy; ``where`` for the blends.** The margin is ``y_corr -
-  y_others`` with ``y_others`` the max over the other logits: the same gather, fill with ``-inf``, max and
+  y_others`` with ``y_others`` the largest other logit: the same gather, fill with ``-inf``, maximum
+  (``amax``; ties of +0 and -0 can change only the sign of a zero margin, a fooled sample either way) and
   subtraction. For a live sample the official ``loss_min`` and ``margin_min`` are equal (both start as the
   initial margin; a sample with ``margin <= 0 < margin_min`` also has ``margin < loss_min``, so both take
   the same value), so one state is kept and a query is accepted iff ``margin < margin_min``. The official
   blend ``i * new + (1 - i) * old`` (``i`` 0 or 1) equals ``where(i, new, old)`` when both are finite and
   neither is -0: ``new + 0 * old = new`` and ``0 * new + old = old``. Every pixel is finite and never -0
-  when the input is finite and eps > 0 (each pixel is one of ``x +- eps``, ``x_best + 0``, ``x_best +-
-  2 eps``, 0 or 1, none of which rounds to -0). A margin can be inf or NaN (a model with infinite logits):
-  ``0 * inf`` is NaN, so on any iteration where a live sample's margin is not finite, that iteration uses
-  the official arithmetic itself. A -0 best margin (where the blend would give +0) belongs to a fooled
-  sample, which has left and whose margin is never used again.
+  when the input is in ``[0, 1]`` and eps > 0 (each pixel is one of ``x +- eps``, ``x_best + 0``,
+  ``x_best +- 2 eps``, 0 or 1, none of which rounds to -0). A margin can be inf or NaN (a model with
+  infinite logits): ``0 * inf`` is NaN, so on any iteration where a live sample's margin is not finite,
+  that iteration uses the official arithmetic itself. A -0 best margin (where the blend would give +0)
+  belongs to a fooled sample, which has left and whose margin is never used again.
 
 The clean prediction, the seeding, the restarts on the still-robust points and the final re-predictions of
 ``perturb`` are the official ones, with the same forward calls (same rows), so PassCounter counts the same
 sample-forwards. Skipped: the official loop's forward calls on an empty batch (0 rows) when no sample is
 live but some sample's margin is NaN (it then keeps drawing until ``n_queries``; the generator is advanced
 to match). Requires a deterministic model (a model that draws from the global generator in its forward
-pass would draw at other positions of the stream), a finite input and ``0 < eps`` finite: callers check
+pass would draw at other positions of the stream), an input in ``[0, 1]`` and ``0 < eps`` finite: callers check
 :func:`can_reproduce` and run the official class otherwise. Linf only; L2 and L1 draw per sample inside
 the loop and run the official class.
 """
@@ -56,9 +61,10 @@ NORMS = ("Linf",)
 
 
 def can_reproduce(x: torch.Tensor, eps: float) -> bool:
-    """Whether :func:`perturb` returns the official result here: a finite float input and 0 < eps finite."""
+    """Whether :func:`perturb` returns the official result here: a float input in [0, 1] (robustkit's input
+    range; NaN fails) and 0 < eps finite (also after rounding to the input's dtype)."""
     eps_cast = float(torch.tensor(float(eps), dtype=x.dtype)) if x.is_floating_point() else 0.0
-    return math.isfinite(eps_cast) and eps_cast > 0 and bool(torch.isfinite(x).all())
+    return math.isfinite(eps_cast) and eps_cast > 0 and bool(((x >= 0) & (x <= 1)).all())
 
 
 def p_selection(p_init: float, it: int) -> float:
@@ -83,8 +89,8 @@ def _label_mask(y_col: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def _margin(logits: torch.Tensor, y_col: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
     """Logit of the label minus the largest other logit (the official ``margin_and_loss`` margin)."""
-    y_corr = logits.gather(1, y_col).squeeze(1)
-    y_others = logits.masked_fill(label_mask, -float("inf")).max(dim=-1)[0]
+    y_corr = logits.gather(1, y_col)[:, 0]
+    y_others = logits.masked_fill(label_mask, -float("inf")).amax(dim=-1)
     return y_corr - y_others
 
 
@@ -95,7 +101,8 @@ class _Live:
                  margin: torch.Tensor, eps: float, label_mask: torch.Tensor) -> None:
         self.idx, self.x_best, self.margin = idx, x_best[idx], margin[idx]
         x_l = x[idx]
-        self.low, self.high = x_l - eps, x_l + eps  # the official x_curr -/+ eps, computed once per set
+        # the official bounds x_curr -/+ eps, then [0, 1]; as one interval (see the module docstring)
+        self.low, self.high = (x_l - eps).clamp(min=0.), (x_l + eps).clamp(max=1.)
         self.y_col, self.label_mask = y[idx].unsqueeze(1), label_mask[idx]
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -132,7 +139,7 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     corner_h = (0 + span * draws[:, 0]).long().tolist()
     span = torch.tensor([w - s for s in sizes], dtype=torch.float32)
     corner_w = (0 + span * draws[:, 1]).long().tolist()
-    steps = (2. * eps * torch.sign(2 * draws[:, 2:] - 1)).view(n_queries, c, 1, 1).to(dev)
+    steps = (2. * eps * torch.sign(2 * draws[:, 2:] - 1)).view(n_queries, c, 1, 1).to(dev).unbind(0)
 
     live = _Live((margin > 0.0).nonzero().squeeze(1), x, x_best, y, margin, eps, label_mask)
     unfooled_out = int((~(margin > 0.0) & ~(margin <= 0.0)).sum())  # NaN margins: never live, never fooled
@@ -145,7 +152,7 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         s, vh, vw = sizes[i], corner_h[i], corner_w[i]
         delta = torch.zeros([c, h, w], device=dev)
         delta[:, vh:vh + s, vw:vw + s] = steps[i]
-        x_new = torch.clamp(torch.min(torch.max(live.x_best + delta, live.low), live.high), 0., 1.)
+        x_new = torch.clamp(live.x_best + delta, live.low, live.high)
         m = _margin(model(x_new), live.y_col, live.label_mask)
         low, high = (v.item() for v in torch.aminmax(m))
         if finite and math.isfinite(low) and math.isfinite(high):

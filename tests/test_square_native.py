@@ -1,8 +1,8 @@
 """The native Linf Square Attack against the installed official ``SquareAttack``: the same returned tensor bit
 for bit, the same random-generator state afterwards and the same sample-forwards, on random CNNs (samples
 fooled at different queries, 1 and 3 channels, a non-square image, 2 and 3 restarts), on a model whose every
-sample is fooled by the initial stripes, on a model with infinite logits, and on a real MNIST model; and the
-whole AutoAttack with and without it."""
+sample is fooled by the initial stripes, on ties at the start, on a model with infinite logits, and on a real
+MNIST model; and the ``autoattack`` attack with and without it."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robustkit.attacks import _aa_official, _square_native
+from robustkit.attacks._aa_reference import ComponentPlan
 from robustkit.attacks.autoattack import AutoAttack
 from robustkit.passes import PassCounter
 from robustkit.threat import ThreatModel
@@ -95,6 +96,24 @@ def test_every_sample_fooled_by_the_initial_stripes():
     assert official[2] == 5 + 5 + 5  # clean prediction, initial stripes, re-prediction: no query spent
 
 
+class Tie(nn.Module):
+    """Sample 0 at a tie (margin exactly 0: neither attacked nor counted as fooled), the others robust by 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero = x.flatten(1).sum(1) * 0
+        logits = torch.stack([zero, zero, zero - 1], dim=1)
+        logits[1:, 0] = 1.0
+        return logits
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_tie_at_the_start(n):
+    """n = 1: no live sample, the official loop makes one draw-only query and stops; n = 3: all queries."""
+    x = torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(6))
+    official, native = both(Tie(), x, torch.zeros(n, dtype=torch.long), 0.1, 30, n_restarts=2)
+    assert_same(official, native)
+
+
 class Overflowing(nn.Module):
     """A random CNN whose logits overflow to +-inf on some inputs (margins inf, -inf or NaN)."""
 
@@ -134,6 +153,7 @@ def test_inputs_it_cannot_reproduce_run_the_official_class():
     assert not _square_native.can_reproduce(x, 0.0)
     assert not _square_native.can_reproduce(x, 1e-50)  # 0 in float32
     assert not _square_native.can_reproduce(x, float("inf"))
+    assert not _square_native.can_reproduce(x + 1.5, 0.1)  # outside [0, 1]: the two clamps are not one
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
     assert not _square_native.can_reproduce(bad, 0.1)
@@ -165,3 +185,26 @@ def test_autoattack_with_native_square_keeps_the_official_square(lenet5_clean, m
     assert by_square.any()
     assert torch.equal(fast.x_adv[by_square], full.x_adv[by_square])
     assert fast.info["passes"]["square"] == full.info["passes"]["square"]
+
+
+def test_ensemble_runs_native_square_only_where_it_reproduces_the_official(monkeypatch):
+    model = random_cnn(1, 12, 12)
+    plan = [ComponentPlan("square", n_queries=20, p_init=0.8, loss="margin")]
+
+    def ensemble(norm: str = "Linf", **kw) -> _aa_official.OfficialEnsemble:
+        return _aa_official.OfficialEnsemble(model, norm, plan, 0, torch.device("cpu"), **kw)
+
+    assert ensemble().uses_native("square")
+    assert not ensemble("L2").uses_native("square")
+    assert not ensemble(early_exit=False).uses_native("square")
+    assert not ensemble(deterministic=False).uses_native("square")  # its draws would interleave differently
+    calls = []
+    real = _square_native.perturb
+    monkeypatch.setattr(_square_native, "perturb", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ensemble().run("square", x, y, 0.05)
+    assert calls == [1]
+    ensemble().run("square", x * 1.5, y, 0.05)  # outside [0, 1]: the official class
+    assert calls == [1]
