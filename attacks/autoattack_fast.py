@@ -18,7 +18,8 @@ decision boundary and attacking only the top ones). This suite, written from tho
    target starts from APGD-CE's highest-loss point instead of a random point (an *adaptive direction
    initialisation* in the spirit of A3: the direction the untargeted run found is the best prior we have);
    the others start at random, as the official APGD-T does.
-5. **Square** (the official class) with ``square_queries`` (default 1000) queries on the survivors, as a
+5. **Square** (the official algorithm; on Linf the native version, which returns the official class's result
+   bit for bit) with ``square_queries`` (default 1000) queries on the survivors, as a
    black-box check.
 6. **Escalation**: the full standard AutoAttack (:class:`robustkit.attacks.autoattack.AutoAttack`, official
    components) runs on (a) every sample of step 1, (b) every survivor of a batch in which Square broke a
