@@ -20,7 +20,9 @@ decision boundary and attacking only the top ones). This suite, written from tho
    the others start at random, as the official APGD-T does.
 5. **Square** (the official algorithm; on Linf the native version, which returns the official class's result
    bit for bit) with ``square_queries`` (default 1000) queries on the survivors, as a
-   black-box check.
+   black-box check; then the standard Square budget (``deep_square_queries``, 5000) on the survivors the
+   white-box stages got closest to the boundary (the top ``deep_square_share``, default 10%, at least one):
+   an adaptive budget in A3's spirit, spent where a black-box success is likeliest.
 6. **Escalation**: the full standard AutoAttack (:class:`robustkit.attacks.autoattack.AutoAttack`, official
    components) runs on (a) every sample of step 1, (b) every survivor of a batch in which Square broke a
    sample the white-box stages left robust (black-box beating white-box is the classic masking sign, and
@@ -35,6 +37,7 @@ samples were escalated and why, ``info["passes"]`` the [forward, backward] sampl
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Iterator
 
 import torch
@@ -108,11 +111,17 @@ class AutoAttackFast(Attack):
         "n_iter": 100,           # APGD iterations of the fast stages
         "n_targets": 3,          # APGD-T targets, ranked by MALT's normalised distance
         "square_queries": 1000,  # the black-box check (the standard AutoAttack runs 5000)
+        "deep_square_share": 0.1,     # share of Square's survivors (the closest; at least 1) that get ...
+        "deep_square_queries": 5000,  # ... the standard Square budget; share 0 turns it off
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        for key, low in (("n_iter", 1), ("n_targets", 1), ("square_queries", 1)):
+        share = self.params["deep_square_share"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ConfigError(f"attack 'autoattack-fast': deep_square_share: expected a number in [0, 1], "
+                              f"got {share!r}")
+        for key, low in (("n_iter", 1), ("n_targets", 1), ("square_queries", 1), ("deep_square_queries", 1)):
             value = self.params[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"attack 'autoattack-fast': {key}: expected an integer >= {low}, got {value!r}")
@@ -236,25 +245,42 @@ class AutoAttackFast(Attack):
                     record(now[res.broken], res.x_adv[res.broken], "apgd-t")
                     note(now[~res.broken], res.x_best[~res.broken])
 
-        survivors = (robust & ~flat).nonzero().squeeze(1)
-        if survivors.numel():
-            with _stage(passes, "square", model):
-                plan = ComponentPlan("square", n_restarts=1, n_queries=int(self.params["square_queries"]),
-                                     p_init=0.8, loss="margin")
-                square = _aa_official.OfficialEnsemble(model, norm, [plan], seed, x.device,
-                                                       package=self.package).run("square", xs[survivors],
-                                                                                  ys[survivors], eps)
-                before = robust.clone()
-                record(survivors, square, "square")
-            beaten = before & ~robust  # broken by Square after the white-box stages failed: a masking sign
+        def escalate_if_beaten(before: torch.Tensor) -> None:
+            """Square broke samples the white-box stages left robust (``before`` & now broken), a masking
+            sign: escalate every survivor the white-box stages got at least as close to the boundary as the
+            least-close of them (all survivors when gradients told nothing about it)."""
+            beaten = before & ~robust
             if bool(beaten.any()):
-                # escalate every survivor the white-box stages got at least as close to the boundary as a
-                # sample only Square could break (all survivors when gradients told nothing about it)
-                rest = robust & ~flat & (closeness >= closeness[beaten].min())
+                rest = robust & ~flat & ~escalate[idx] & (closeness >= closeness[beaten].min())
                 if bool(rest.any()):
                     escalate[idx[rest]] = True
                     key = "square beat the white-box stages"
                     reasons[key] = reasons.get(key, 0) + int(rest.sum())
+
+        survivors = (robust & ~flat).nonzero().squeeze(1)
+        if survivors.numel():
+            before = robust.clone()
+            with _stage(passes, "square", model):
+                record(survivors, self._square(model, xs[survivors], ys[survivors], eps, norm, seed,
+                                               int(self.params["square_queries"])), "square")
+            escalate_if_beaten(before)
+            # the full Square budget for the closest survivors not escalated (the escalation runs it anyway)
+            left = (robust & ~flat & ~escalate[idx]).nonzero().squeeze(1)
+            n_deep = min(left.numel(), math.ceil(float(self.params["deep_square_share"]) * survivors.numel()))
+            if n_deep:
+                deep = left[closeness[left].argsort(descending=True)[:n_deep]].sort()[0]  # closest first
+                before = robust.clone()
+                with _stage(passes, "square-deep", model):
+                    record(deep, self._square(model, xs[deep], ys[deep], eps, norm, seed,
+                                              int(self.params["deep_square_queries"])), "square")
+                escalate_if_beaten(before)
+
+    def _square(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int,
+                queries: int) -> torch.Tensor:
+        """AutoAttack's Square (official algorithm, 1 restart) with ``queries`` queries."""
+        plan = ComponentPlan("square", n_restarts=1, n_queries=queries, p_init=0.8, loss="margin")
+        return _aa_official.OfficialEnsemble(model, norm, [plan], seed, x.device, package=self.package).run(
+            "square", x, y, eps)
 
 
 def _cuda_devices(device: torch.device) -> list[int]:

@@ -17,6 +17,7 @@ from torch import nn
 import robustkit
 from robustkit.attacks import _aa_official, _apgd_native, _fab_native, build_attack
 from robustkit.attacks.autoattack import AutoAttack
+from robustkit.attacks.autoattack_fast import AutoAttackFast
 from robustkit.engine.store import ResultStore
 from robustkit.engine.store_schema import _SCHEMA
 from robustkit.passes import PassCounter
@@ -436,7 +437,47 @@ def test_fast_suite_on_an_honest_model_stops_early_and_is_not_weaker(lenet5_clea
     assert fast_passes.total / 10 < 2500
 
 
+def test_fast_suite_gives_the_full_square_budget_to_the_closest_survivors(monkeypatch):
+    """After the short Square check, the top ``deep_square_share`` of its survivors (at least one), ranked by
+    how close the white-box stages got them to the boundary, get ``deep_square_queries`` more; share 0: none."""
+    model = tiny_model(1)
+    x, y = tiny_batch(model, 24)
+    threat = ThreatModel("Linf", 0.01)
+    calls = []
+    real = AutoAttackFast._square
+
+    def square(self, model_, xs, ys, eps, norm, seed, queries):
+        calls.append((xs.shape[0], queries))
+        return real(self, model_, xs, ys, eps, norm, seed, queries)
+
+    monkeypatch.setattr(AutoAttackFast, "_square", square)
+    params = {"name": "autoattack-fast", "seed": 0, "n_iter": 10, "square_queries": 30, "deep_square_queries": 60}
+    res = build_attack({**params, "deep_square_share": 0.25})(model, x, y, threat)
+    (n_check, q_check), (n_deep, q_deep) = calls
+    survivors_after_check = n_check - sum(b == "square" for b in res.info["broken_by"])
+    assert (q_check, q_deep) == (30, 60) and 0 < n_deep < n_check
+    assert n_deep == min(survivors_after_check, -(-n_check // 4))
+    assert res.info["passes"]["square-deep"][0] >= n_deep * 60 - n_deep  # its queries ran (minus fooled rows)
+    calls.clear()
+    res = build_attack({**params, "deep_square_share": 0})(model, x, y, threat)
+    assert len(calls) == 1 and "square-deep" not in res.info["passes"]
+
+
+@pytest.mark.slow
+def test_fast_suite_matches_the_official_robust_accuracy_on_the_pgd_lenet5(lenet5_adv, mnist_test):
+    """The 32 images of benchmarks/autoattack_speed.py: one image (5001) survives the 1000-query Square check
+    and is broken by the official Square's 5000 queries; the deep Square stage breaks it too."""
+    x, y = mnist_test.x[5000:5032], mnist_test.y[5000:5032]
+    threat = ThreatModel("Linf", 0.3)
+    with_deep = build_attack({"name": "autoattack-fast", "seed": 0})(lenet5_adv, x, y, threat)
+    without = build_attack({"name": "autoattack-fast", "seed": 0, "deep_square_share": 0})(lenet5_adv, x, y, threat)
+    assert int(with_deep.success.sum()) == 2 and bool(with_deep.success[1]), "the official breaks 2 of 32"
+    assert int(without.success.sum()) == 1 and not bool(without.success[1])
+
+
 def test_fast_suite_parameters_are_checked():
     with pytest.raises(robustkit.errors.ConfigError, match="n_targets"):
         build_attack({"name": "autoattack-fast", "n_targets": 0})
+    with pytest.raises(robustkit.errors.ConfigError, match="deep_square_share"):
+        build_attack({"name": "autoattack-fast", "deep_square_share": 1.5})
     assert build_attack("aa-fast").name == "autoattack-fast"
