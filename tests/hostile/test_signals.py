@@ -35,7 +35,7 @@ def _slow_world(tiny) -> dict:
     cfg["dataset"]["root"] = "own.npz"
     cfg["batch_size"] = 4
     cfg["threat_model"]["eps"] = [0.0005]
-    cfg["attacks"] = [{"name": "pgd", "steps": 60, "random_start": False}]
+    cfg["attacks"] = [{"name": "pgd", "steps": 300, "random_start": False}]
     return cfg
 
 
