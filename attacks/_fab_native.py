@@ -143,10 +143,11 @@ def perturb_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     With one restart (AutoAttack's FAB-T) nothing random is drawn, and each (sample, target class) run is a
     function of that sample and target alone, so the target classes run side by side as rows of one batch,
     as many as fit in ``max_rows`` rows (default: ``x``'s batch size, so memory never exceeds what the
-    official run holds for this batch): the same runs, hence the same verdicts, in fewer and larger batches. The official order (target by target, each on the samples the earlier ones left) only
-    decides which runs are skipped; here a sample leaves all its rows once one of them breaks it. With
-    restarts, the random starts depend on how many samples each earlier run left, so the runs go one by one
-    in the official order."""
+    official run holds for this batch): the same runs, hence the same verdicts, in fewer and larger
+    batches. The official order (target by target, each on the samples the earlier ones left) only decides
+    which runs are skipped; here a sample leaves all its rows once one of them breaks it. With restarts,
+    the random starts depend on how many samples each earlier run left, so the runs go one by one in the
+    official order."""
     if norm not in NORMS:
         raise ValueError(f"native FAB-T supports {NORMS}, not {norm}")
     x = x.detach().clone().float()
