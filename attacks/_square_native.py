@@ -154,7 +154,7 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         delta[:, vh:vh + s, vw:vw + s] = steps[i]
         x_new = torch.clamp(live.x_best + delta, live.low, live.high)
         m = _margin(model(x_new), live.y_col, live.label_mask)
-        low, high = (v.item() for v in torch.aminmax(m))
+        low, high = torch.stack(torch.aminmax(m)).tolist()  # one host sync per query (the official loop has several)
         if finite and math.isfinite(low) and math.isfinite(high):
             better = m < live.margin
             live.x_best = torch.where(better.view(-1, 1, 1, 1), x_new, live.x_best)
