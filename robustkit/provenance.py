@@ -24,6 +24,9 @@ NOT_INSTALLED = "not installed"
 # distribution names to try for each reported package (the official AutoAttack installs as "autoattack")
 PACKAGES = {"torch": ("torch",), "torchattacks": ("torchattacks",), "autoattack": ("autoattack", "auto-attack"),
             "pyautoattack": ("pyautoattack",)}
+# the environment entries the reports list, in this order (both official AutoAttack distributions: either may run)
+REPORTED_ENVIRONMENT = ("robustkit", "torch", "torchattacks", "autoattack", "pyautoattack", "python", "platform",
+                        "device", "gpu", "cuda")
 
 
 def package_version(*distributions: str) -> str:

@@ -51,6 +51,8 @@ def test_run_records_provenance_and_report_prints_it(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert printed == report and "torchattacks: " in printed and "## Checks" in printed
+    # both official AutoAttack distributions are listed: either one may be the implementation that ran
+    assert f"* pyautoattack: {package_version('pyautoattack')}" in printed and "* autoattack: " in printed
 
 
 def test_report_on_a_folder_without_results_is_one_line_error(tmp_path, capsys) -> None:

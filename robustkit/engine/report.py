@@ -14,6 +14,7 @@ import pandas as pd
 
 from robustkit.errors import RobustkitError
 from robustkit.outputs import write_text
+from robustkit.provenance import REPORTED_ENVIRONMENT
 
 from .leaderboard import LEADERBOARD_CSV, LEADERBOARD_MD, format_eps
 from .store import DB_NAME, ResultStore
@@ -33,7 +34,7 @@ def _provenance_lines(record: dict[str, Any]) -> list[str]:
     env = prov.get("environment", {})
     lines = ["## Provenance", "", f"* run id: `{record['run_id']}` (status {record['status']}, "
              f"attempts {record['attempts']})"]
-    for key in ("robustkit", "torch", "torchattacks", "autoattack", "python", "platform", "device", "gpu", "cuda"):
+    for key in REPORTED_ENVIRONMENT:
         if key in env:
             lines.append(f"* {key}: {env[key]}")
     if prov:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from robustkit.engine.leaderboard import format_eps
 from robustkit.outputs import write_text
+from robustkit.provenance import REPORTED_ENVIRONMENT
 
 from .plots import PLOTS_DIR, write_plots
 from .run_folder import RunFolder, safe_name
@@ -154,8 +155,7 @@ def _run_facts(run: RunFolder) -> list[tuple[str, str]]:
              ("threat model", f"{prov.get('threat_model', {}).get('norm', run.norm)}, eps "
                               f"{', '.join(format_eps(float(e)) for e in prov.get('threat_model', {}).get('eps', []))}"),
              ("seed", str(prov.get("seed", ""))), ("checks", str(prov.get("checks", "")))]
-    facts += [(k, str(env[k])) for k in ("robustkit", "torch", "torchattacks", "autoattack", "python", "platform",
-                                         "device", "gpu", "cuda") if k in env]
+    facts += [(k, str(env[k])) for k in REPORTED_ENVIRONMENT if k in env]
     return [(k, v) for k, v in facts if v]
 
 
